@@ -1,0 +1,118 @@
+"""``TrainConfig``: every training knob, with the reason for its default.
+
+Loaded by :func:`handserve.configs.load` from a YAML/TOML file and overridden by ``handserve
+train`` flags (one flag per field). The resolved config is saved as ``config.json`` in the run
+folder and copied into every export's manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Dataset = Literal["digits", "mnist", "sign_mnist", "folder"]
+Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
+Schedule = Literal["constant", "cosine", "step"]
+
+
+def _f(default, help: str):  # noqa: A002 - reads like the argparse keyword it becomes
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults train the quickstart model (small CNN on embedded digits)."""
+
+    # --- data
+    # Embedded 8x8 scikit-learn digits upscaled to 28x28: real handwriting with no download.
+    dataset: Dataset = _f("digits", "digits (embedded), mnist, sign_mnist or folder")
+    # None: download (mnist) or fail with a message naming this flag.
+    data_dir: str | None = _f(None, "folder with the dataset files (IDX/npz, CSVs, or images)")
+    # Folder datasets have no native size; 96 keeps MobileNet features useful and CPU-cheap.
+    image_size: int = _f(96, "native height/width images of a folder dataset are resized to")
+    # RGB photos are the common case for folders; MNIST-style data sets its own mode.
+    color_mode: Literal["rgb", "grayscale"] = _f("rgb", "colour mode for folder datasets")
+    # 10% is enough to early-stop on without starving training of examples.
+    val_fraction: float = _f(0.1, "fraction of the training data held out for validation")
+    # Folders without test/: this much is held out as a test split (0 = no test split).
+    test_fraction: float = _f(0.0, "fraction held out as test when a folder has no test/")
+    # None: use everything. Small numbers make quick runs and tests.
+    limit: int | None = _f(None, "use at most this many training images (quick runs)")
+
+    # --- model
+    # The DLI course's ASL CNN trains from scratch offline; pretrained backbones need weights.
+    backbone: str = _f("cnn", "backbone name; see `handserve train --list-backbones`")
+    # "imagenet" uses Keras' download/cache; a path loads a local file; "none" is random init.
+    weights: str = _f("imagenet", "imagenet, none, or a path to a .h5/.weights.h5 file")
+    # None: the backbone's preferred size (e.g. 96 for MobileNets, 224 for VGG16).
+    backbone_size: int | None = _f(None, "size images are resized to inside the model")
+    dropout: float = _f(0.2, "dropout before the classifier head")
+
+    # --- augmentation (training only; never part of the exported graph)
+    augment: bool = _f(True, "random augmentation of training images")
+    rotation: float = _f(0.03, "max rotation as a fraction of a full turn (0.03 ≈ 11°)")
+    zoom: float = _f(0.1, "max zoom in/out fraction")
+    translate: float = _f(0.1, "max shift as a fraction of height/width")
+    contrast: float = _f(0.1, "max contrast change fraction")
+    brightness: float = _f(0.1, "max brightness change fraction")
+    # None: dataset default (off for digits and sign language: a mirrored hand is another sign).
+    flip: bool | None = _f(None, "random horizontal flip")
+
+    # --- optimisation
+    epochs: int = _f(8, "epochs of phase 1 (frozen backbone, new head)")
+    # Phase 2 (fine-tuning) runs only for pretrained backbones when > 0.
+    fine_tune_epochs: int = _f(0, "epochs of phase 2 (top layers unfrozen)")
+    # -1 unfreezes the whole backbone; BatchNorm stays in inference mode either way.
+    fine_tune_layers: int = _f(-1, "layers of the backbone to unfreeze in phase 2 (-1 = all)")
+    # Fine-tuning at the phase-1 rate would wreck pretrained features.
+    fine_tune_lr_factor: float = _f(0.1, "phase-2 learning rate = learning_rate × this")
+    optimizer: Optimizer = _f("adam", "sgd, momentum, adam, rmsprop, adagrad or adadelta")
+    learning_rate: float = _f(1e-3, "initial learning rate")
+    momentum: float = _f(0.9, "momentum for the momentum optimizer")
+    schedule: Schedule = _f("cosine", "learning-rate schedule: constant, cosine or step")
+    step_epochs: int = _f(3, "step schedule: decay every this many epochs")
+    step_gamma: float = _f(0.5, "step schedule: multiply the rate by this at each step")
+    batch_size: int = _f(64, "images per training step")
+    label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
+    class_weights: Literal["none", "balanced"] = _f(
+        "none", "weight the loss by inverse class frequency (imbalanced data)"
+    )
+    # Stop when validation loss has not improved for this many epochs; best weights restored.
+    early_stopping: int = _f(3, "early-stopping patience in epochs (0 = off)")
+    checkpoint: bool = _f(True, "save the best model (by validation loss) during training")
+    mixed_precision: bool = _f(False, "mixed float16 (GPU only; ignored on CPU with a warning)")
+    seed: int = _f(42, "seed for shuffling, splits, augmentation and initialisation")
+
+    # --- output
+    runs_dir: str = _f("runs", "where run folders are created")
+    run_name: str | None = _f(None, "run folder name (default: <dataset>-<backbone>-<time>)")
+    export: bool = _f(False, "export the trained model to models/NAME/VERSION when done")
+    export_name: str | None = _f(None, "model name for --export (default: the dataset name)")
+    models_dir: str = _f("models", "where exports are written")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
+            (0.0 <= self.test_fraction < 1.0, "test_fraction must be in [0, 1)"),
+            (self.val_fraction + self.test_fraction < 1.0, "val + test fractions must be < 1"),
+            (self.image_size >= 8, "image_size must be at least 8"),
+            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (self.early_stopping >= 0, "early_stopping must be >= 0"),
+            (self.limit is None or self.limit >= 2, "limit must be at least 2"),
+            (self.step_epochs >= 1, "step_epochs must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def flip_enabled(self) -> bool:
+        """Flip defaults on only for folders: digits and hand signs change meaning mirrored."""
+        if self.flip is not None:
+            return self.flip
+        return self.dataset == "folder"
