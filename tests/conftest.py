@@ -1,0 +1,50 @@
+"""Suite-wide fixtures: paths, the optional ../shared folder, and quiet, offline TensorFlow.
+
+Fixtures that build a tiny trained run and a tiny export live in ``tests/fixtures_run.py`` and
+``tests/fixtures_export.py`` (session-scoped, so the suite trains and exports once).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports TensorFlow: quiet logs, deterministic ops, no GPU surprises.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ["tests.fixtures_run", "tests.fixtures_export"]
+
+
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout (or $HANDSERVE_SHARED): real data for optional tests."""
+    return Path(os.environ.get("HANDSERVE_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_dir() / "data"
+    if not path.is_dir():
+        pytest.skip(f"real datasets not found at {path} (../shared is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2_weights() -> Path:
+    path = (
+        shared_dir() / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    )
+    if not path.is_file():
+        pytest.skip(f"MobileNetV2 weights not found at {path} (../shared is absent)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
+    """Keep Keras' cache out of ~/.keras so no test depends on (or pollutes) the user's cache."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.getbasetemp() / "keras_home"))

@@ -1,0 +1,1 @@
+"""Session fixture: one tiny export of the tiny run (owned by export)."""

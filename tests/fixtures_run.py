@@ -1,0 +1,1 @@
+"""Session fixture: one tiny trained run (owned by training; see docs/architecture.md)."""
