@@ -158,8 +158,10 @@ class Manifest:
                     f"(this handserve reads {SCHEMA_VERSION})"
                 )
             labels = data["labels"]
-            if not isinstance(labels, list) or not labels or not all(
-                isinstance(x, str) for x in labels
+            if (
+                not isinstance(labels, list)
+                or not labels
+                or not all(isinstance(x, str) for x in labels)
             ):
                 raise ValueError("labels must be a non-empty list of strings")
             inp = dict(data["input"])
@@ -303,7 +305,7 @@ def list_models(models_dir: Path) -> dict[str, list[int]]:
 
 
 def latest_version(models_dir: Path, name: str) -> int | None:
-    """"Latest" is the highest version number: numbers only grow, so it is the newest export."""
+    """The highest version number: numbers only grow, so it is the newest export."""
     versions = list_versions(models_dir, name)
     return versions[-1] if versions else None
 

@@ -129,7 +129,9 @@ def load(cls: type[T], path: Path | str | None, overrides: dict[str, Any]) -> T:
     return build(cls, values, "command line" if path is None else f"{path} + command line")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()
+) -> None:
     """One ``--flag`` per dataclass field, defaulting to None so unset flags do not override.
 
     The help text is the field's ``help`` metadata and its default.
@@ -147,7 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
         base = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
         if base is bool:
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
         elif typing.get_origin(base) is typing.Literal:

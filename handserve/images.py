@@ -10,6 +10,7 @@ any alpha channel on white, convert to the model's colour mode, resize to the mo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         with warnings.catch_warnings():
             # Pillow warns (not raises) between MAX_IMAGE_PIXELS and 2×; we enforce our own cap.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
@@ -90,10 +91,9 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError("truncated", f"the image is truncated or corrupt: {exc}") from exc
-    try:
+    # A broken EXIF block should not lose an otherwise good image.
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a broken EXIF block should not lose an otherwise good image
-        pass
     return _flatten_alpha(img)
 
 

@@ -37,7 +37,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def mobilenet_v2_weights() -> Path:
     path = (
-        shared_dir() / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+        shared_dir()
+        / "weights"
+        / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
     )
     if not path.is_file():
         pytest.skip(f"MobileNetV2 weights not found at {path} (../shared is absent)")

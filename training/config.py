@@ -15,7 +15,7 @@ Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
 Schedule = Literal["constant", "cosine", "step"]
 
 
-def _f(default, help: str):  # noqa: A002 - reads like the argparse keyword it becomes
+def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
