@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The main job behind `make run`: train the default model on the embedded digits, export it to
+# models/digits/VERSION, then serve it and answer a first prediction. Ctrl-C stops the server.
+# Environment: PORT (default 3000), MODELS_DIR (default models), EPOCHS (default: the config's).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PORT="${PORT:-3000}"
+MODELS_DIR="${MODELS_DIR:-models}"
+extra=()
+[ -n "${EPOCHS:-}" ] && extra+=(--epochs "$EPOCHS")
+
+echo "==> training the default model (small CNN on the embedded scikit-learn digits)"
+handserve train --export --export-name digits --models-dir "$MODELS_DIR" "${extra[@]}"
+
+echo "==> models available"
+handserve models --models-dir "$MODELS_DIR"
+
+echo "==> serving on http://localhost:$PORT (demo page: /demo, API docs: /)"
+handserve serve --port "$PORT" --models-dir "$MODELS_DIR" &
+server=$!
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
+for _ in $(seq 1 180); do
+  if curl -fsS "http://localhost:$PORT/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$server" 2>/dev/null; then echo "server exited" >&2; exit 1; fi
+  sleep 1
+done
+curl -fsS "http://localhost:$PORT/readyz" >/dev/null
+
+echo "==> curl -F file=@examples/images/digit_7.png 'http://localhost:$PORT/predict?top_k=3'"
+curl -fsS -F "file=@examples/images/digit_7.png" "http://localhost:$PORT/predict?top_k=3"
+echo
+echo "==> the server keeps answering; Ctrl-C stops it"
+wait "$server"
