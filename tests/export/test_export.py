@@ -1,0 +1,192 @@
+"""What ``handserve export`` writes, and that a failed or interrupted export publishes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handserve import artifacts, cli
+from training import export, verify
+
+pytestmark = pytest.mark.slow
+
+EXPECTED_FILES = {
+    "manifest.json",
+    "model.keras",
+    "labels.txt",
+    "samples.npz",
+    "model.tflite",
+    "model_fp16.tflite",
+    "model_int8.tflite",
+    "saved_model/saved_model.pb",
+    "report/config.json",
+    "report/dataset.json",
+    "report/metrics.json",
+}
+TFLITE_FILES = ("model.tflite", "model_fp16.tflite", "model_int8.tflite")
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_every_file_is_written_and_checksummed(tiny_export: Path, tiny_run: Path) -> None:
+    files = _files(tiny_export)
+    assert files >= EXPECTED_FILES
+    assert any(f.startswith("saved_model/variables/") for f in files)
+    manifest = artifacts.read_manifest(tiny_export)
+    assert {f.path for f in manifest.files} == files - {"manifest.json"}
+    artifacts.verify_files(tiny_export, manifest)  # raises if any checksum is off
+    for png in Path(tiny_run).glob("*.png"):
+        assert f"report/{png.name}" in files
+
+
+def test_manifest_is_complete_and_round_trips(tiny_export: Path, tiny_run: Path) -> None:
+    manifest = artifacts.load_verified(tiny_export)
+    again = artifacts.Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))
+    assert again == manifest
+    assert (manifest.name, manifest.version) == ("tiny", 1)
+    assert manifest.schema_version == artifacts.SCHEMA_VERSION
+    assert manifest.created_at.endswith("Z")
+    assert manifest.labels == artifacts.read_labels(Path(tiny_run) / "labels.txt")
+    dataset = json.loads((Path(tiny_run) / "dataset.json").read_text())
+    assert list(manifest.input.shape) == dataset["input_shape"]
+    assert manifest.input.value_range == (0.0, 255.0)
+    assert manifest.backbone == json.loads((Path(tiny_run) / "backbone.json").read_text())
+    assert manifest.training == json.loads((Path(tiny_run) / "config.json").read_text())
+    assert set(manifest.formats) == {"saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8"}
+    for fmt in manifest.formats.values():
+        assert {"accuracy", "agreement_with_keras", "max_abs_diff"} <= set(fmt.metrics)
+    evaluation = manifest.metrics["export_evaluation"]
+    assert evaluation["images"] > 0 and "samples.npz" in evaluation["data"]
+    assert {"tensorflow", "keras", "ai_edge_litert"} <= set(manifest.library_versions)
+
+
+def test_int8_takes_raw_uint8_pixels(tiny_export: Path) -> None:
+    entry = artifacts.read_manifest(tiny_export).formats["tflite_int8"]
+    assert (entry.input_dtype, entry.input_scale, entry.input_zero_point) == ("uint8", 1.0, 0)
+    assert entry.output_dtype == "float32"
+    runner = verify.TFLiteRunner(tiny_export / entry.path)
+    assert runner.input_dtype == np.uint8
+
+
+def test_no_flex_or_custom_operators(tiny_export: Path) -> None:
+    for name in TFLITE_FILES:
+        ops = export.operator_names(tiny_export / name)
+        assert ops, name
+        assert export.non_builtin_operators(ops) == [], (name, ops)
+        assert not any("flex" in op.lower() for op in ops)
+
+
+def test_non_builtin_operators_are_detected() -> None:
+    assert export.non_builtin_operators(["CONV_2D", "FlexErfinv", "SOFTMAX"]) == ["FlexErfinv"]
+
+
+def test_labels_and_contract_travel_inside_each_tflite(tiny_export: Path) -> None:
+    manifest = artifacts.read_manifest(tiny_export)
+    for key in ("tflite_fp32", "tflite_fp16", "tflite_int8"):
+        path = tiny_export / manifest.formats[key].path
+        with zipfile.ZipFile(path) as zf:  # a plain zip reader, as an app would use
+            assert sorted(zf.namelist()) == ["labels.txt", "metadata.json"]
+            assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+            labels = zf.read("labels.txt").decode().splitlines()
+            meta = json.loads(zf.read("metadata.json"))
+        assert labels == manifest.labels
+        inp = meta["input"]
+        assert (inp["height"], inp["width"], inp["channels"]) == manifest.input.shape
+        assert inp["color_mode"] == manifest.input.color_mode
+        assert inp["dtype"] == manifest.formats[key].input_dtype
+        assert meta["precision"] == manifest.formats[key].precision
+        # The interpreter ignores the appended archive and still runs.
+        probs = verify.TFLiteRunner(path).predict(np.zeros((2, *manifest.input.shape), np.uint8))
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-2)
+
+
+def test_saved_model_is_deterministic_and_equals_keras(tiny_export: Path) -> None:
+    x, _ = verify.load_samples(tiny_export)
+    x = x[:64]
+    runner = verify.SavedModelRunner(tiny_export / "saved_model")
+    assert runner.input_shape == (None, *artifacts.read_manifest(tiny_export).input.shape)
+    first, second = runner.predict(x), runner.predict(x)
+    np.testing.assert_array_equal(first, second)
+    expected = verify.predict_keras(verify.load_keras(tiny_export / "model.keras"), x)
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+
+
+def test_parity_within_bounds(tiny_export: Path) -> None:
+    report = verify.verify_version(tiny_export, num_threads=1)
+    assert report.failures == []
+    rows = {r.name: r for r in report.results}
+    assert set(rows) == {"keras", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8"}
+    assert rows["tflite_fp32"].agreement >= 0.999
+    assert rows["tflite_fp32"].max_abs_diff <= 1e-4
+    assert rows["keras"].accuracy - rows["tflite_int8"].accuracy <= 0.01
+
+
+def test_second_export_is_version_2_and_latest(tiny_export: Path, tiny_run: Path, tmp_path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(tiny_export.parent, models / "tiny")
+    path = export.export_run(tiny_run, models, "tiny", verify=False)
+    assert path == models / "tiny" / "2"
+    assert artifacts.latest_version(models, "tiny") == 2
+    assert artifacts.load_verified(path).version == 2
+    assert artifacts.load_verified(models / "tiny" / "1").version == 1  # untouched
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_export_leaves_nothing(
+    tiny_run: Path, tmp_path, monkeypatch, exc: type[BaseException]
+) -> None:
+    real = export.convert_tflite
+
+    def convert(saved_model, precision, calibration=None):
+        if precision == "float16":  # after the SavedModel and model.tflite were written
+            raise exc("stopped mid-export")
+        return real(saved_model, precision, calibration)
+
+    monkeypatch.setattr(export, "convert_tflite", convert)
+    models = tmp_path / "models"
+    with pytest.raises(exc):
+        export.export_run(tiny_run, models, "tiny")
+    assert artifacts.list_versions(models, "tiny") == []
+    assert list((models / "tiny").iterdir()) == []  # no staging folder either
+
+
+def test_failed_parity_publishes_nothing(tiny_run: Path, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(verify.PARITY_BOUNDS, "float16", verify.Bound(min_agreement=1.01))
+    models = tmp_path / "models"
+    with pytest.raises(export.ExportError, match="tflite_fp16"):
+        export.export_run(tiny_run, models, "tiny")
+    assert list((models / "tiny").iterdir()) == []
+
+
+def test_incomplete_run_folder_is_refused(tiny_run: Path, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "calibration.npz").unlink()
+    with pytest.raises(export.ExportError, match=r"calibration\.npz"):
+        export.export_run(run, tmp_path / "models", "tiny")
+    partial = tmp_path / ".run.partial"
+    shutil.copytree(tiny_run, partial)
+    with pytest.raises(export.ExportError, match="unfinished"):
+        export.export_run(partial, tmp_path / "models", "tiny")
+
+
+def test_export_cli_exit_codes(tiny_run: Path, tmp_path, capsys) -> None:
+    models = tmp_path / "models"
+    argv = ["export", str(tiny_run), "--name", "cli-model", "--models-dir", str(models)]
+    assert cli.main([*argv, "--no-verify"]) == 0
+    assert capsys.readouterr().out.strip() == str(models / "cli-model" / "1")
+    assert (
+        cli.main(["export", str(tmp_path / "nope"), "--name", "x", "--models-dir", str(models)])
+        == 1
+    )
+    assert "run folder not found" in capsys.readouterr().err
+    assert (
+        cli.main(["export", str(tiny_run), "--name", "Bad Name!", "--models-dir", str(models)]) == 1
+    )
