@@ -1,0 +1,303 @@
+"""The public HTTP API as a Starlette app: parse the three input forms, refuse bad input.
+
+``/predict`` and ``/predict_batch`` accept an image as multipart file(s), as a raw body with an
+``image/*`` content type, or as JSON with base64. Parsing, limits and error answers live here;
+images go to a :class:`Backend` whose ``infer`` joins them into adaptive batches (BentoML's
+dispatcher in the service, a direct call in in-process tests). Nothing here imports BentoML,
+so the app can be tested in-process with ``httpx.ASGITransport``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import numpy as np
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from handserve.images import ImageDecodeError, decode_image
+from service.errors import ApiError, is_input_error
+from service.registry import LoadedModel, ModelRegistry, Pending, top_k
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+PARAMS = ("model", "version", "top_k")
+
+
+class Backend(Protocol):
+    """What the HTTP front needs from the process that holds the models."""
+
+    registry: ModelRegistry
+    metrics: Any
+
+    async def infer(self, items: list[Pending]) -> None:
+        """Fill ``item.scores`` for every item (raises ApiError on overload)."""
+        ...
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_params(raw: dict[str, Any], *, default_top_k: int) -> tuple[str | None, int | None, int]:
+    """Validate ``model``, ``version`` and ``top_k`` from query, form or JSON (strings or ints)."""
+    model = raw.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ApiError("bad_parameter", "model must be a non-empty string")
+    version = _int_param(raw, "version")
+    k = _int_param(raw, "top_k")
+    if version is not None and version < 1:
+        raise ApiError("bad_parameter", f"version must be a positive integer, got {version}")
+    if k is not None and k < 1:
+        raise ApiError("bad_parameter", f"top_k must be a positive integer, got {k}")
+    return model or None, version, default_top_k if k is None else k
+
+
+def _int_param(raw: dict[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ApiError("bad_parameter", f"{key} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise ApiError("bad_parameter", f"{key} must be an integer, got {value!r}")
+
+
+def check_unknown(keys: Any, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise ApiError(
+            "unknown_field",
+            f"unknown {where} field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}",
+        )
+
+
+def b64decode(value: Any, index: int | None = None) -> bytes:
+    where = "image" if index is None else f"images[{index}]"
+    if not isinstance(value, str):
+        raise ApiError("bad_base64", f"{where} must be a base64 string")
+    if value.startswith("data:") and "," in value:  # a data URL from a browser canvas
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError("bad_base64", f"{where} is not valid base64: {exc}") from exc
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than ``limit`` bytes by header and by counting while reading."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            declared = int(length)
+        except ValueError as exc:
+            raise ApiError("bad_request", "Content-Length is not a number") from exc
+        if declared > limit:
+            raise ApiError(
+                "body_too_large", f"the body is {declared:,} bytes, over the limit of {limit:,}"
+            )
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError("body_too_large", f"the body is over the limit of {limit:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ApiError("bad_request", "the client disconnected while sending") from exc
+    body = b"".join(chunks)
+    request._body = body  # later request.form()/json() reuse it instead of reading again
+    return body
+
+
+async def parse_request(
+    request: Request, *, batch: bool, max_body_bytes: int, default_top_k: int
+) -> tuple[list[bytes], str | None, int | None, int]:
+    """The encoded images and parameters of a predict request, in any of the three forms."""
+    body = await read_body(request, max_body_bytes)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    params: dict[str, Any] = dict(request.query_params)
+    check_unknown(params, PARAMS, "query")
+    images: list[bytes] = []
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=10_000, max_fields=1_000)
+        except Exception as exc:  # malformed multipart: starlette raises several types
+            raise ApiError("bad_request", f"malformed multipart body: {exc}") from exc
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                images.append(await value.read())
+            elif key in PARAMS:
+                params[key] = value
+            else:
+                check_unknown([key], PARAMS, "form")
+    elif ctype == "application/json":
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError("bad_json", f"the body is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ApiError("bad_json", "the JSON body must be an object")
+        key = "images" if batch else "image"
+        check_unknown(data, (key, *PARAMS), "JSON")
+        if key not in data:
+            raise ApiError("bad_request", f"the JSON body has no {key!r} field")
+        if batch:
+            if not isinstance(data[key], list):
+                raise ApiError("bad_request", "images must be a list of base64 strings")
+            images = [b64decode(v, i) for i, v in enumerate(data[key])]
+        else:
+            images = [b64decode(data[key])]
+        params.update({k: data[k] for k in PARAMS if k in data})
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        images = [body]
+    elif not body:
+        raise ApiError("empty", "the request has no body; send an image")
+    else:
+        raise ApiError(
+            "unsupported_media_type",
+            f"Content-Type {ctype or 'none'!r} is not supported; use multipart/form-data, "
+            "image/*, application/octet-stream or application/json",
+        )
+    model, version, k = parse_params(params, default_top_k=default_top_k)
+    if not images:
+        raise ApiError("empty", "the request contains no image")
+    if not batch and len(images) > 1:
+        raise ApiError("bad_request", f"/predict takes one image, got {len(images)}")
+    return images, model, version, k
+
+
+# --------------------------------------------------------------------------- app
+class Admission:
+    """A per-worker cap on images admitted and not yet answered (a bounded queue).
+
+    Beyond the cap a request is refused at once with 503 and ``Retry-After`` rather than queued
+    without bound; under the cap nothing is refused, so BentoML's dispatcher never has to shed.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.inflight = 0
+
+    def acquire(self, n: int, retry_after: int) -> None:
+        if self.inflight + n > self.capacity:
+            raise ApiError(
+                "overloaded",
+                f"the server is at capacity ({self.inflight} images in flight); retry later",
+                headers={"Retry-After": str(retry_after)},
+            )
+        self.inflight += n
+
+    def release(self, n: int) -> None:
+        self.inflight -= n
+
+
+def create_app(get_backend: Callable[[], Backend], cfg: Any) -> Starlette:
+    """The Starlette app; ``get_backend`` is called per request (the service sets it up late)."""
+    admission = Admission(cfg.max_inflight_images)
+
+    def error_response(exc: ApiError, backend: Backend | None) -> JSONResponse:
+        if backend is not None and backend.metrics is not None and is_input_error(exc.code):
+            backend.metrics.rejected_inputs.labels(reason=exc.code).inc()
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    def decode_all(blobs: list[bytes], model: LoadedModel, metrics: Any) -> list[np.ndarray]:
+        out = []
+        spec = model.manifest.input.image_spec
+        for i, blob in enumerate(blobs):
+            t0 = time.perf_counter()
+            try:
+                out.append(decode_image(blob, spec, max_pixels=cfg.max_pixels))
+            except ImageDecodeError as exc:
+                raise ApiError.from_decode(exc, i if len(blobs) > 1 else None) from exc
+            if metrics is not None:
+                metrics.preprocess_seconds.observe(time.perf_counter() - t0)
+        return out
+
+    async def predict_common(request: Request, batch: bool) -> Response:
+        backend = None
+        try:
+            backend = get_backend()
+            if not backend.registry.ready:
+                raise ApiError(
+                    "not_ready", "models are still loading", headers={"Retry-After": "1"}
+                )
+            blobs, name, version, k = await parse_request(
+                request,
+                batch=batch,
+                max_body_bytes=cfg.max_body_bytes,
+                default_top_k=cfg.top_k,
+            )
+            if len(blobs) > cfg.max_batch_images:
+                raise ApiError(
+                    "too_many_images",
+                    f"{len(blobs)} images, over the limit of {cfg.max_batch_images} per request",
+                )
+            model = backend.registry.resolve(name, version)
+            admission.acquire(len(blobs), cfg.retry_after_s)
+            try:
+                arrays = await anyio.to_thread.run_sync(decode_all, blobs, model, backend.metrics)
+                items = [Pending(model, a) for a in arrays]
+                await backend.infer(items)
+            finally:
+                admission.release(len(blobs))
+            labels = model.manifest.labels
+            results = [
+                {"predictions": top_k(p.scores, labels, k)} for p in items if p.scores is not None
+            ]
+            head = {"model": model.name, "version": model.version}
+            if batch:
+                return JSONResponse({**head, "results": results})
+            return JSONResponse({**head, **results[0]})
+        except ApiError as exc:
+            return error_response(exc, backend)
+        except Exception:
+            log.exception("unexpected error in %s", request.url.path)
+            return error_response(ApiError("internal", "internal error; see the server log"), None)
+
+    async def predict(request: Request) -> Response:
+        return await predict_common(request, batch=False)
+
+    async def predict_batch(request: Request) -> Response:
+        return await predict_common(request, batch=True)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse(get_backend().registry.describe())
+
+    async def demo_redirect(request: Request) -> Response:
+        return RedirectResponse("/demo/")
+
+    routes = [
+        Route("/predict", predict, methods=["POST"]),
+        Route("/predict_batch", predict_batch, methods=["POST"]),
+        Route("/models", models, methods=["GET"]),
+        Route("/demo", demo_redirect, methods=["GET"]),
+        Mount("/demo", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
+    ]
+    app = Starlette(routes=routes)
+    app.state.admission = admission
+    return app
+
+
+class LocalBackend:
+    """Runs batches directly in a thread: the in-process test backend (no BentoML batching)."""
+
+    def __init__(self, registry: ModelRegistry, metrics: Any = None) -> None:
+        self.registry = registry
+        self.metrics = metrics
+
+    async def infer(self, items: list[Pending]) -> None:
+        await anyio.to_thread.run_sync(self.registry.run_batch, items)

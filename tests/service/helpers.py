@@ -1,0 +1,170 @@
+"""Helpers for the service tests: a hand-built tiny export, a server subprocess, images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from handserve import artifacts
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def build_tiny_version(models_dir: Path, name: str = "digits", version: int = 1) -> Path:
+    """A 28x28x1, 10-label export made by hand (stand-in until tiny_export is available).
+
+    Same layout and manifest as training/export.py writes: saved_model/, model.tflite,
+    labels.txt, manifest.json with checksums.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1), dtype="float32")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+
+    vdir = Path(models_dir) / name / str(version)
+    vdir.mkdir(parents=True)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
+    def serve(images):
+        return {"scores": model(images, training=False)}
+
+    module = tf.Module()
+    module.model = model
+    module.serve = serve
+    tf.saved_model.save(module, str(vdir / "saved_model"), signatures={"serving_default": serve})
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    (vdir / "model.tflite").write_bytes(conv.convert())
+    labels = [str(i) for i in range(10)]
+    (vdir / "labels.txt").write_text("\n".join(labels) + "\n")
+    manifest = artifacts.Manifest(
+        name=name,
+        version=version,
+        labels=labels,
+        input=artifacts.InputContract(28, 28, 1),
+        formats={
+            "saved_model": artifacts.FormatEntry("saved_model", "saved_model", "float32"),
+            "tflite": artifacts.FormatEntry("model.tflite", "tflite", "float32"),
+        },
+        files=artifacts.file_entries(vdir),
+        created_at=artifacts.now_iso(),
+    )
+    artifacts.write_manifest(vdir, manifest)
+    return vdir
+
+
+def copy_version(src: Path, models_dir: Path, name: str, version: int | None = None) -> Path:
+    """Copy a version folder under a new name, rewriting the manifest's name/version."""
+    version = version or int(src.name)
+    dst = Path(models_dir) / name / str(version)
+    shutil.copytree(src, dst)
+    man = artifacts.read_manifest(dst)
+    data = man.to_dict()
+    data["name"], data["version"] = name, version
+    artifacts.write_manifest(dst, artifacts.Manifest.from_dict(data))
+    return dst
+
+
+def corrupt(version_dir: Path, file: str = "model.tflite") -> None:
+    """Flip one byte in the middle of a file: the checksum no longer matches."""
+    path = Path(version_dir) / file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def digit_png(seed: int = 0, size: int = 28, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size, size), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(
+    models_dir: Path, home: Path, env_extra: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:
+    """``bentoml serve`` on a free port; yields (base URL, process, start time)."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "BENTOML_HOME": str(home),
+            "HANDSERVE_MODELS_DIR": str(models_dir),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": str(REPO),
+        }
+    )
+    env.update(env_extra or {})
+    log = open(home / f"server-{port}.log", "wb")  # noqa: SIM115 - closed at teardown
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.service:HandServe",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield url, proc, started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")
