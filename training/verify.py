@@ -37,11 +37,18 @@ class Bound:
         min_agreement: fraction of images whose top-1 class equals Keras' top-1.
         max_abs_diff: largest absolute difference of any class probability.
         max_accuracy_drop: accuracy may be at most this far (a fraction) below Keras'.
+        noise_sigmas: widen ``max_accuracy_drop`` to this many standard errors of the paired
+            accuracy difference (McNemar: ``sqrt(discordant) / n``, where ``discordant`` counts
+            images exactly one of the two models gets right) when that is larger. A sample of
+            a few hundred images cannot resolve one point (a handful of images, often exact
+            ties in the 1/256-step int8 softmax of a weak model); on a full test set of a good
+            model the term is far below one point and the plain bound applies.
     """
 
     min_agreement: float | None = None
     max_abs_diff: float | None = None
     max_accuracy_drop: float | None = None
+    noise_sigmas: float | None = None
 
 
 #: The parity bounds, by precision: the one place they are defined (docs/artifacts.md cites it).
@@ -50,7 +57,7 @@ class Bound:
 PARITY_BOUNDS: dict[str, Bound] = {
     "float32": Bound(min_agreement=0.999, max_abs_diff=1e-4),
     "float16": Bound(min_agreement=0.995),
-    "int8": Bound(max_accuracy_drop=0.01),
+    "int8": Bound(max_accuracy_drop=0.01, noise_sigmas=2.0),
 }
 
 
@@ -267,7 +274,8 @@ def check_parity(
             accuracy=float(np.mean(probs.argmax(1) == y)),
             size=_size(path),
         )
-        row.failures = _bound_failures(row, ref_acc)
+        discordant = int(np.sum((probs.argmax(1) == y) != (ref_top == y)))
+        row.failures = _bound_failures(row, ref_acc, discordant, len(x))
         if speed_seconds:
             row.images_per_s_1 = images_per_second(runner, x, 1, speed_seconds)
             row.images_per_s_32 = images_per_second(runner, x, 32, speed_seconds)
@@ -276,18 +284,27 @@ def check_parity(
     return ParityReport(results, data, len(x))
 
 
-def _bound_failures(row: FormatResult, keras_accuracy: float) -> list[str]:
+def allowed_accuracy_drop(bound: Bound, discordant: int, n: int) -> float | None:
+    """The accuracy drop ``bound`` allows on ``n`` images with ``discordant`` paired flips."""
+    if bound.max_accuracy_drop is None:
+        return None
+    noise = (bound.noise_sigmas or 0.0) * np.sqrt(discordant) / max(n, 1)
+    return max(bound.max_accuracy_drop, float(noise))
+
+
+def _bound_failures(row: FormatResult, keras_accuracy: float, discordant: int, n: int) -> list[str]:
     bound = PARITY_BOUNDS[row.precision]
+    allowed = allowed_accuracy_drop(bound, discordant, n)
     failures = []
     if bound.min_agreement is not None and row.agreement < bound.min_agreement:
         failures.append(f"top-1 agreement {row.agreement:.4f} < {bound.min_agreement}")
     if bound.max_abs_diff is not None and row.max_abs_diff > bound.max_abs_diff:
         failures.append(f"max |prob diff| {row.max_abs_diff:.3g} > {bound.max_abs_diff}")
     drop = keras_accuracy - row.accuracy
-    if bound.max_accuracy_drop is not None and drop > bound.max_accuracy_drop + 1e-12:
+    if allowed is not None and drop > allowed + 1e-12:
         failures.append(
             f"accuracy {row.accuracy:.4f} is {100 * drop:.2f} points below Keras "
-            f"{keras_accuracy:.4f} (bound {100 * bound.max_accuracy_drop:g})"
+            f"{keras_accuracy:.4f} (allowed {100 * allowed:.2f} on {n} images)"
         )
     return failures
 
