@@ -90,6 +90,12 @@ def models(base_url: str) -> list[dict[str, Any]]:
     return found
 
 
+@pytest.fixture(scope="module")
+def model(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model the page selects first: the server's default, else the first listed."""
+    return next((m for m in models if m.get("default")), models[0])
+
+
 def _digit_png(tmp_path: Path) -> Path:
     """A hand-made '7': thick white strokes on black, like MNIST, as a PNG file."""
     img = Image.new("L", (112, 112), 0)
@@ -124,16 +130,18 @@ def _check_shown(shown: list[dict[str, Any]], labels: list[str]) -> None:
         assert p["label"] in p["text"]  # the label is visible beside its bar
 
 
-def test_model_list_is_filled_from_the_api(page: Any, models: list[dict[str, Any]]) -> None:
+def test_model_list_is_filled_from_the_api(
+    page: Any, models: list[dict[str, Any]], model: dict[str, Any]
+) -> None:
     options = page.locator("#model-select option")
     names = [options.nth(i).get_attribute("value") for i in range(options.count())]
     assert names == [m["name"] for m in models]
-    assert page.input_value("#model-select") == models[0]["name"]
+    assert page.input_value("#model-select") == model["name"]
     assert page.locator("label[for='model-select']").inner_text().strip() == "Model"
     assert page.locator("#error").is_hidden()
 
 
-def test_drawing_a_digit_shows_predictions(page: Any, models: list[dict[str, Any]]) -> None:
+def test_drawing_a_digit_shows_predictions(page: Any, model: dict[str, Any]) -> None:
     canvas = page.locator("#draw-canvas")
     box = canvas.bounding_box()
     assert box is not None
@@ -156,7 +164,7 @@ def test_drawing_a_digit_shows_predictions(page: Any, models: list[dict[str, Any
 
     page.click("#predict-drawing")
     page.wait_for_selector("body[data-state='done']")
-    _check_shown(_shown_predictions(page), models[0]["labels"])
+    _check_shown(_shown_predictions(page), model["labels"])
     assert page.locator("#error").is_hidden()
 
     page.click("#clear-canvas")
@@ -170,18 +178,18 @@ def test_drawing_a_digit_shows_predictions(page: Any, models: list[dict[str, Any
 
 
 def test_uploaded_png_shows_what_the_api_returns(
-    page: Any, base_url: str, models: list[dict[str, Any]], tmp_path: Path
+    page: Any, base_url: str, model: dict[str, Any], tmp_path: Path
 ) -> None:
     png = _digit_png(tmp_path)
     page.set_input_files("#file-input", str(png))
     page.wait_for_selector("body[data-state='done']")
     shown = _shown_predictions(page)
-    _check_shown(shown, models[0]["labels"])
+    _check_shown(shown, model["labels"])
 
     resp = requests.post(
         f"{base_url}/predict",
         files={"file": ("seven.png", png.read_bytes(), "image/png")},
-        data={"model": models[0]["name"], "top_k": str(TOP_K)},
+        data={"model": model["name"], "top_k": str(TOP_K)},
         timeout=60,
     )
     assert resp.status_code == 200, resp.text
