@@ -160,7 +160,9 @@ def to_env(cfg_values: Mapping[str, Any]) -> dict[str, str]:
     for name, value in cfg_values.items():
         if value is None:
             continue
-        if name == "versions":
+        if name == "versions" and isinstance(value, str):  # "a=1,b=2" from a flag
+            text = value
+        elif name == "versions":
             text = ",".join(f"{k}={v}" for k, v in dict(value).items())
         elif isinstance(value, bool):
             text = "true" if value else "false"

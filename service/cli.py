@@ -1,0 +1,70 @@
+"""``handserve serve``: run ``bentoml serve service.service:HandServe`` with the right settings.
+
+Flags override the config file; both become ``HANDSERVE_*`` environment variables, because
+BentoML starts worker processes that import the service afresh and read only the environment.
+Equivalent by hand::
+
+    HANDSERVE_MODELS_DIR=models bentoml serve service.service:HandServe --port 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from handserve import configs
+from service.config import CONFIG_ENV, ServiceConfig, load_service_config, to_env
+
+log = logging.getLogger(__name__)
+SERVICE = "service.service:HandServe"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=3000, help="HTTP port (default: 3000)")
+    parser.add_argument("--host", default="0.0.0.0", help="bind address (default: 0.0.0.0)")
+    parser.add_argument("--config", default=None, help="service config file (.yaml/.toml/.json)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the command and environment, do not run"
+    )
+    configs.add_arguments(parser, ServiceConfig)
+
+
+def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``bentoml serve`` command line and the environment for it (validated first)."""
+    env = dict(os.environ)
+    if args.config:
+        env[CONFIG_ENV] = str(Path(args.config).resolve())
+    overrides = configs.overrides_from_args(args, ServiceConfig)
+    if "models_dir" in overrides:  # workers may start elsewhere: pass an absolute path
+        overrides["models_dir"] = str(Path(overrides["models_dir"]).resolve())
+    env.update(to_env(overrides))
+    load_service_config(environ=env)  # fail here, with the key named, not in a worker
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(args.port)]
+    cmd += ["--host", args.host]
+    return cmd, env
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cmd, env = build_command(args)
+    except configs.ConfigError as exc:
+        print(f"handserve serve: {exc}", file=sys.stderr)
+        return 2
+    shown = {k: v for k, v in env.items() if k.startswith("HANDSERVE_")}
+    if args.dry_run:
+        for key, value in sorted(shown.items()):
+            print(f"{key}={value}")
+        print(" ".join(cmd))
+        return 0
+    log.info("starting %s with %s", " ".join(cmd), shown)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130

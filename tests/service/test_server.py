@@ -1,0 +1,293 @@
+"""A real ``bentoml serve`` subprocess: the three input forms, batching, metrics, refusals.
+
+Answers are compared with the exported ``model.tflite`` run directly by a LiteRT interpreter on
+the same decoded array (the service must add nothing but decoding and batching).
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from handserve import artifacts
+from handserve.images import decode_image
+from tests.service.helpers import digit_png
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def direct_scores(version_dir: Path, images: list[bytes]) -> np.ndarray:
+    """The exported float32 LiteRT model run directly on the shared decoder's output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    man = artifacts.read_manifest(version_dir)
+    x = np.stack([decode_image(b, man.input.image_spec) for b in images]).astype(np.float32)
+    interp = Interpreter(model_path=str(version_dir / "model.tflite"))
+    idx = interp.get_input_details()[0]["index"]
+    interp.resize_tensor_input(idx, list(x.shape))
+    interp.allocate_tensors()
+    interp.set_tensor(idx, x)
+    interp.invoke()
+    return interp.get_tensor(interp.get_output_details()[0]["index"])
+
+
+def image(fmt: str, seed: int = 0) -> bytes:
+    """A 40x40 RGB picture (resized and converted to 28x28 grayscale by the service)."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def assert_matches(answer: dict, scores: np.ndarray, labels: list[str], k: int) -> None:
+    preds = answer["predictions"]
+    assert len(preds) == k
+    assert [p["score"] for p in preds] == sorted((p["score"] for p in preds), reverse=True)
+    for p in preds:
+        assert p["label"] == labels[p["index"]]
+        np.testing.assert_allclose(p["score"], scores[p["index"]], atol=1e-5)
+    assert preds[0]["index"] == int(np.argmax(scores))
+
+
+def metric_samples(url: str) -> dict[str, list]:
+    text = requests.get(url + "/metrics", timeout=30).text
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def total(samples: dict[str, list], name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for s in samples.get(name, [])
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(server) -> Path:
+    return server.models_dir / "tiny" / "1"
+
+
+@pytest.fixture(scope="module")
+def labels(tiny_dir: Path) -> list[str]:
+    return artifacts.read_manifest(tiny_dir).labels
+
+
+def test_readyz_was_503_until_warm_and_livez_answers(server) -> None:
+    statuses = [s for _, s in server.readiness]
+    assert 503 in statuses, server.readiness  # polled from process start: not ready at first
+    assert statuses[-1] == 200
+    first_503 = next(t for t, s in server.readiness if s == 503)
+    ready_at = next(t for t, s in server.readiness if s == 200)
+    assert ready_at - first_503 >= 1.0  # the configured warm-up delay was waited for
+    assert requests.get(server.url + "/livez", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("form", ["multipart", "raw", "json"])
+def test_predict_each_form_equals_the_model(server, tiny_dir, labels, form, fmt) -> None:
+    data = image(fmt, seed=3)
+    mime = f"image/{fmt.lower()}"
+    url = server.url + "/predict"
+    if form == "multipart":
+        resp = requests.post(
+            url, files={"image": ("x", data, mime)}, data={"model": "tiny", "top_k": "3"}
+        )
+    elif form == "raw":
+        resp = requests.post(
+            url, data=data, headers={"Content-Type": mime}, params={"model": "tiny", "top_k": 3}
+        )
+    else:
+        resp = requests.post(
+            url, json={"image": base64.b64encode(data).decode(), "model": "tiny", "top_k": 3}
+        )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["model"], body["version"]) == ("tiny", 1)
+    assert_matches(body, direct_scores(tiny_dir, [data])[0], labels, 3)
+
+
+def test_default_model_and_version(server) -> None:
+    # two models are served ("digits" v2 and "tiny" v1); with no default configured the first
+    # by name answers, and asking for a served version explicitly works.
+    resp = requests.post(
+        server.url + "/predict", data=image("PNG"), headers={"Content-Type": "image/png"}
+    )
+    assert resp.status_code == 200
+    assert (resp.json()["model"], resp.json()["version"]) == ("digits", 2)
+    resp = requests.post(
+        server.url + "/predict?model=digits&version=2",
+        data=image("PNG"),
+        headers={"Content-Type": "image/png"},
+    )
+    assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("form", ["multipart", "json"])
+def test_predict_batch_keeps_order(server, tiny_dir, labels, form) -> None:
+    images = [image("PNG", seed=i) for i in range(12)]
+    if form == "multipart":
+        files = [("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)]
+        resp = requests.post(server.url + "/predict_batch?model=tiny&top_k=10", files=files)
+    else:
+        payload = {
+            "images": [base64.b64encode(b).decode() for b in images],
+            "model": "tiny",
+            "top_k": 10,
+        }
+        resp = requests.post(server.url + "/predict_batch", json=payload)
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert len(results) == len(images)
+    expected = direct_scores(tiny_dir, images)
+    for res, scores in zip(results, expected, strict=True):
+        assert_matches(res, scores, labels, 10)
+
+
+def test_64_concurrent_requests_all_answered_and_batched(server) -> None:
+    before = metric_samples(server.url)
+    data = digit_png(5)
+
+    def call(i: int) -> int:
+        r = requests.post(server.url + "/predict?model=tiny", files={"image": data}, timeout=60)
+        return r.status_code
+
+    with cf.ThreadPoolExecutor(64) as pool:
+        codes = list(pool.map(call, range(64 * 3)))
+    assert codes == [200] * len(codes)
+    after = metric_samples(server.url)
+    batches = total(after, "handserve_batch_size_count", model="tiny") - total(
+        before, "handserve_batch_size_count", model="tiny"
+    )
+    images = total(after, "handserve_batch_size_sum", model="tiny") - total(
+        before, "handserve_batch_size_sum", model="tiny"
+    )
+    assert images == len(codes)
+    assert batches < len(codes)  # some batches held more than one image
+
+
+BAD_INPUTS = [
+    # (name, request kwargs, expected status, expected code)
+    (
+        "not_an_image",
+        {"data": b"hello, not an image", "headers": {"Content-Type": "image/png"}},
+        400,
+        "not_an_image",
+    ),
+    (
+        "truncated",
+        {"data": digit_png(1)[:60], "headers": {"Content-Type": "image/png"}},
+        400,
+        "truncated",
+    ),
+    ("empty", {"data": b"", "headers": {"Content-Type": "image/png"}}, 400, "empty"),
+    ("bomb", {"data": None, "headers": {"Content-Type": "image/png"}}, 413, "too_many_pixels"),
+    (
+        "too_large",
+        {"data": b"\0" * (10 * 1024 * 1024 + 1), "headers": {"Content-Type": "image/png"}},
+        413,
+        "body_too_large",
+    ),
+    ("unknown_model", {"params": {"model": "nope"}}, 404, "unknown_model"),
+    ("refused_model", {"params": {"model": "broken"}}, 404, "unknown_model"),
+    ("unknown_version", {"params": {"model": "tiny", "version": "9"}}, 404, "unknown_version"),
+    ("bad_top_k", {"params": {"top_k": "zero"}}, 422, "bad_parameter"),
+    ("negative_top_k", {"params": {"top_k": "-1"}}, 422, "bad_parameter"),
+    ("unknown_query", {"params": {"colour": "red"}}, 422, "unknown_field"),
+    ("unknown_json", {"json": {"image": "", "extra": 1}}, 422, "unknown_field"),
+    ("bad_base64", {"json": {"image": "@@@"}}, 400, "bad_base64"),
+    (
+        "bad_json",
+        {"data": b"{nope", "headers": {"Content-Type": "application/json"}},
+        400,
+        "bad_json",
+    ),
+    (
+        "bad_media_type",
+        {"data": b"x", "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+]
+
+
+def bomb_png() -> bytes:
+    """A 1-bit 20000x20000 PNG: a few kB on the wire, 400 megapixels decoded."""
+    buf = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "status", "code"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
+def test_bad_input_gets_json_error_and_server_keeps_serving(server, name, kwargs, status, code):
+    before = metric_samples(server.url)
+    kwargs = dict(kwargs)
+    if name == "bomb":
+        kwargs["data"] = bomb_png()
+    if "data" not in kwargs and "json" not in kwargs:
+        kwargs.update(data=digit_png(2), headers={"Content-Type": "image/png"})
+    resp = requests.post(server.url + "/predict", timeout=30, **kwargs)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == code and isinstance(err["message"], str) and err["message"]
+    after = metric_samples(server.url)
+    assert (
+        total(after, "handserve_rejected_inputs_total", reason=code)
+        == total(before, "handserve_rejected_inputs_total", reason=code) + 1
+    )
+    good = requests.post(server.url + "/predict?model=tiny", files={"image": digit_png(3)})
+    assert good.status_code == 200
+
+
+def test_corrupted_model_is_refused_others_serve(server) -> None:
+    body = requests.get(server.url + "/models", timeout=10).json()
+    served = {m["name"]: m for m in body["models"]}
+    assert set(served) == {"tiny", "digits"}
+    refused = {r["name"]: r for r in body["refused"]}
+    assert "sha256" in refused["broken"]["reason"]
+    tiny = served["tiny"]
+    assert tiny["version"] == 1 and tiny["runtime"] == "litert"
+    assert tiny["input"]["height"] == 28 and len(tiny["labels"]) == 10
+    log = server.log.read_text(errors="replace")
+    assert "refusing model broken/1" in log
+
+
+def test_metrics_count_what_was_sent(server) -> None:
+    before = metric_samples(server.url)
+    n = 7
+    files = [("images", (f"{i}.png", digit_png(i), "image/png")) for i in range(n)]
+    assert requests.post(server.url + "/predict_batch?model=tiny", files=files).status_code == 200
+    after = metric_samples(server.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("handserve_predictions_total", model="tiny", version="1") == n
+    assert delta("handserve_preprocess_seconds_count") == n
+    assert delta("handserve_batch_wait_seconds_count") == n
+    assert delta("handserve_batch_size_sum", model="tiny") == n
+    assert delta("handserve_inference_seconds_count", model="tiny", runtime="litert") >= 1
+    info = [s for s in after["handserve_model_info"] if s.labels["name"] == "tiny"]
+    assert len(info) == 1 and info[0].value == 1 and len(info[0].labels["sha256"]) == 64
+    assert "bentoml_service_request_total" in after or any(k.startswith("bentoml_") for k in after)
+
+
+def test_docs_and_demo_are_served(server) -> None:
+    assert requests.get(server.url + "/docs.json", timeout=10).status_code == 200
+    assert requests.get(server.url + "/", timeout=10).status_code == 200
+    resp = requests.get(server.url + "/demo", timeout=10)  # redirects to /demo/
+    assert resp.status_code == 200 and "<html" in resp.text.lower()
