@@ -1,6 +1,7 @@
 """The load test in load_tests/locustfile.py builds valid requests and runs clean against a server.
 
-Run: ``pytest tests/unit/test_locustfile.py`` (the short real run is marked ``server``).
+Run: ``pytest tests/unit/test_locustfile.py``. A short real run against the session's server
+is in ``tests/service/test_locustfile_server.py`` (it needs that folder's ``server`` fixture).
 
 Locust monkey-patches the standard library with gevent when it is imported, which would leak
 into every later test of this pytest process; so the locustfile is only ever imported in a
@@ -9,7 +10,6 @@ subprocess here.
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import subprocess
@@ -124,54 +124,3 @@ def test_response_checks_accept_good_and_name_bad_answers(probe: dict[str, Any])
     assert "expected 3 results" in checks["batch_short"]
     assert checks["error"] == "HTTP 400 not_an_image: cannot decode"
     assert checks["not_json"] is not None
-
-
-def _base_url(server: Any) -> str:
-    for attr in ("base_url", "url"):
-        if hasattr(server, attr):
-            return str(getattr(server, attr)).rstrip("/")
-    return str(server).rstrip("/")
-
-
-@pytest.mark.server
-def test_a_short_headless_run_has_no_failures(server: Any, tmp_path: Path) -> None:
-    """Five seconds, two users, against the real server: every task ran and nothing failed."""
-    prefix = tmp_path / "run"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "locust",
-            "-f",
-            str(LOCUSTFILE),
-            "--headless",
-            "-u",
-            "2",
-            "-r",
-            "2",
-            "-t",
-            "5s",
-            "--host",
-            _base_url(server),
-            "--csv",
-            str(prefix),
-            "--only-summary",
-            "--loglevel",
-            "WARNING",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
-    stats_path = Path(f"{prefix}_stats.csv")
-    assert stats_path.is_file(), out.stderr[-3000:]
-    with stats_path.open() as f:
-        rows = {row["Name"]: row for row in csv.DictReader(f)}
-    failures = Path(f"{prefix}_failures.csv").read_text()
-    total = rows["Aggregated"]
-    assert int(total["Failure Count"]) == 0, failures
-    assert int(total["Request Count"]) > 0
-    for name in ("/predict [multipart]", "/predict [raw]", "/predict_batch"):
-        assert int(rows[name]["Request Count"]) > 0, f"{name} never ran in 5 s: {rows}"
-    assert out.returncode == 0, out.stderr[-3000:]
