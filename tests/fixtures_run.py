@@ -1,1 +1,37 @@
-"""Session fixture: one tiny trained run (owned by training; see docs/architecture.md)."""
+"""Session fixture: one tiny trained run (owned by training; see docs/architecture.md).
+
+``tiny_run`` trains the from-scratch CNN on 300 embedded digits for two epochs, once per test
+session, and returns the finished run folder. Export and service tests reuse it, so it must be
+cheap (seconds) and must hold every file of the run-folder contract.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: Settings of the shared tiny run; tests may read them to know what was trained.
+TINY_RUN_SETTINGS = {
+    "dataset": "digits",
+    "backbone": "cnn",
+    "weights": "none",
+    "limit": 300,
+    "epochs": 2,
+    "batch_size": 32,
+    "early_stopping": 0,
+    "seed": 7,
+    "run_name": "tiny",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a finished run folder (digits, cnn, 2 epochs), trained once per session."""
+    from training.config import TrainConfig
+    from training.train import train
+
+    runs = tmp_path_factory.mktemp("tiny_run") / "runs"
+    cfg = TrainConfig(**TINY_RUN_SETTINGS, runs_dir=str(runs))  # type: ignore[arg-type]
+    result = train(cfg, verbose=0)
+    return result.run_dir

@@ -1,0 +1,217 @@
+"""Training end to end on tiny data: the run folder, behaviour, reproducibility and errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from handserve.cli import main
+from training import data, train
+from training import model as model_mod
+from training.evaluate import loss_and_accuracy
+
+from .helpers import tiny_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_run_has_every_contract_file(tiny_run: Path) -> None:
+    assert not tiny_run.name.endswith(".partial")
+    for name in train.RUN_FILES:
+        assert (tiny_run / name).is_file(), name
+        assert (tiny_run / name).stat().st_size > 0, name
+    for png in ("confusion_matrix.png", "learning_curves.png"):
+        assert (tiny_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics["val"]) == {"loss", "accuracy"}
+    assert set(metrics["test"]) == {"loss", "accuracy"}
+    assert metrics["per_class"]["split"] == "test"
+    classes = metrics["per_class"]["classes"]
+    assert [c["label"] for c in classes] == [str(i) for i in range(10)]
+    assert set(classes[0]) == {"label", "precision", "recall", "f1", "support"}
+    assert metrics["train_images_per_s"] > 0
+    history = json.loads((tiny_run / "history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [1, 2]
+    for key in (
+        "phase",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "seconds",
+    ):
+        assert key in history[0]
+    dataset = json.loads((tiny_run / "dataset.json").read_text())
+    assert dataset["input_shape"] == [28, 28, 1] and dataset["color_mode"] == "grayscale"
+    assert set(dataset["sizes"]) == {"train", "val", "test"}
+    assert (tiny_run / "labels.txt").read_text().splitlines() == dataset["class_names"]
+    backbone = json.loads((tiny_run / "backbone.json").read_text())
+    assert backbone["name"] == "cnn" and backbone["weights"] == "none"
+    samples = np.load(tiny_run / "samples.npz")
+    assert samples["x"].dtype == np.uint8 and len(samples["x"]) == len(samples["y"]) <= 512
+    assert np.load(tiny_run / "calibration.npz")["x"].shape[1:] == (28, 28, 1)
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["backbone"] == "cnn" and config["epochs"] == 2
+
+
+def test_saved_run_model_matches_metrics(tiny_run: Path) -> None:
+    model = keras.saving.load_model(tiny_run / "model.keras")
+    assert model_mod.has_augmentation(model) == []
+    samples = np.load(tiny_run / "samples.npz")
+    x = samples["x"].astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_first_loss_is_log_num_classes_and_falls(tiny_run: Path) -> None:
+    cfg = tiny_cfg()
+    dataset = data.load_dataset(cfg)
+    keras.utils.set_random_seed(0)
+    model = model_mod.build_model(cfg, dataset.input_shape, dataset.num_classes)
+    probs = model.predict(dataset.train.x.astype("float32"), verbose=0)
+    first = loss_and_accuracy(probs.astype("float64"), dataset.train.y)["loss"]
+    assert abs(first - math.log(10)) < 0.35
+    history = json.loads((tiny_run / "history.json").read_text())["epochs"]
+    assert history[1]["loss"] < history[0]["loss"]
+
+
+def test_cli_run_is_reproducible_with_a_seed(tmp_path: Path, capsys) -> None:
+    argv = [
+        "train",
+        "--dataset",
+        "digits",
+        "--backbone",
+        "dense",
+        "--limit",
+        "150",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--early-stopping",
+        "0",
+        "--seed",
+        "11",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "a",
+        "--no-checkpoint",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"run: {tmp_path / 'runs' / 'a'}" in out and "metrics.json" in out
+    result = train.train(
+        tiny_cfg(tmp_path, backbone="dense", limit=150, seed=11, run_name="b", checkpoint=False),
+        verbose=0,
+    )
+    runs = tmp_path / "runs"
+    first = json.loads((runs / "a" / "history.json").read_text())["epochs"]
+    second = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    for a, b in zip(first, second, strict=True):
+        assert (a["loss"], a["val_loss"], a["accuracy"]) == (
+            b["loss"],
+            b["val_loss"],
+            b["accuracy"],
+        )
+    assert json.loads((runs / "a" / "metrics.json").read_text())["test"] == result.metrics["test"]
+
+
+def _train_cli(tmp_path: Path, *flags: str) -> int:
+    return main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--limit",
+            "100",
+            "--epochs",
+            "1",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            *flags,
+        ]
+    )
+
+
+def _assert_no_finished_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_unknown_backbone_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    assert _train_cli(tmp_path, "--backbone", "nope") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "--backbone" in err[-1] and "mobilenet_v2" in err[-1]
+    _assert_no_finished_run(tmp_path)
+
+
+def test_weights_that_do_not_fit_are_a_one_line_error(tmp_path: Path, capsys) -> None:
+    wrong = tmp_path / "wrong.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(wrong)
+    code = _train_cli(
+        tmp_path, "--backbone", "mobilenet_v2", "--backbone-size", "32", "--weights", str(wrong)
+    )
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "wrong.weights.h5" in last and "--weights" in last
+    _assert_no_finished_run(tmp_path)
+
+
+def test_failed_run_leaves_no_run_folder(tmp_path: Path, monkeypatch) -> None:
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_mod, "build_model", boom)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_cfg(tmp_path, run_name="x"), verbose=0)
+    _assert_no_finished_run(tmp_path)
+
+
+def test_existing_run_name_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    with pytest.raises(train.ConfigError, match="run-name"):
+        train.train(tiny_cfg(tmp_path, run_name="taken"), verbose=0)
+
+
+def test_list_backbones(capsys) -> None:
+    assert main(["train", "--list-backbones"]) == 0
+    assert "mobilenet_v3_small" in capsys.readouterr().out
+
+
+def test_mixed_precision_is_ignored_on_cpu(caplog) -> None:
+    if train.tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible")
+    with caplog.at_level(logging.WARNING):
+        train._strategy_and_precision(tiny_cfg(mixed_precision=True))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert "mixed_precision ignored" in caplog.text
+
+
+def test_class_weights_balanced() -> None:
+    weights = train.class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+
+
+def test_evaluate_cli_scores_a_run(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report.json"
+    code = main(
+        ["evaluate", str(tiny_run), "--dataset", "digits", "--limit", "200", "--output", str(out)]
+    )
+    assert code == 0
+    assert "macro F1" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["per_class"]["split"] == "test" and 0 <= report["test"]["accuracy"] <= 1
+
+
+def test_evaluate_refuses_a_model_that_does_not_match(tmp_path: Path, capsys) -> None:
+    model = model_mod.build_model(tiny_cfg(), (28, 28, 1), 3)
+    model.save(tmp_path / "model.keras")
+    assert main(["evaluate", str(tmp_path), "--dataset", "digits", "--limit", "100"]) == 2
+    assert "3 classes" in capsys.readouterr().err

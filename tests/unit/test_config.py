@@ -1,0 +1,105 @@
+"""TrainConfig loading: files (YAML, TOML), flag precedence and rejection of bad values."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from handserve import configs
+from handserve.configs import ConfigError
+from training.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", type=Path, default=None)
+    configs.add_arguments(parser, TrainConfig)
+    return parser.parse_args(argv)
+
+
+def _load(argv: list[str]) -> TrainConfig:
+    args = _parse(argv)
+    return configs.load(TrainConfig, args.config, configs.overrides_from_args(args, TrainConfig))
+
+
+def test_yaml_file_sets_fields(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: mnist\nepochs: 3\nlearning_rate: 0.01\nflip: false\nlimit: null\n")
+    cfg = _load(["--config", str(path)])
+    assert (cfg.dataset, cfg.epochs, cfg.learning_rate, cfg.flip, cfg.limit) == (
+        "mnist",
+        3,
+        0.01,
+        False,
+        None,
+    )
+
+
+def test_toml_file_sets_fields_and_int_becomes_float(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('backbone = "mobilenet_v2"\nweights = "none"\nlearning_rate = 1\n')
+    cfg = _load(["--config", str(path)])
+    assert cfg.backbone == "mobilenet_v2" and cfg.weights == "none"
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+
+
+def test_flags_override_file_which_overrides_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nbatch_size: 16\n")
+    cfg = _load(["--config", str(path), "--epochs", "5", "--no-augment"])
+    assert cfg.epochs == 5  # flag beats file
+    assert cfg.batch_size == 16  # file beats default
+    assert cfg.augment is False
+    assert cfg.optimizer == TrainConfig().optimizer  # untouched default
+
+
+def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 3\nlearnig_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learnig_rate"):
+        _load(["--config", str(path)])
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("epochs: three\n", "epochs"),
+        ("augment: 1\n", "augment"),
+        ("optimizer: lion\n", "optimizer"),
+    ],
+)
+def test_wrong_type_is_rejected(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key):
+        _load(["--config", str(path)])
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "epochs"),
+        (["--dropout", "1.5"], "dropout"),
+        (["--val-fraction", "0.6", "--test-fraction", "0.5"], "fractions"),
+    ],
+)
+def test_invalid_value_is_rejected(flags: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _load(flags)
+
+
+@pytest.mark.parametrize("name", ["mnist.yaml", "sign_mnist.yaml", "folder.yaml"])
+def test_example_configs_load(name: str) -> None:
+    cfg = _load(["--config", str(REPO / "configs" / name)])
+    assert isinstance(cfg, TrainConfig)
+
+
+def test_flip_defaults_off_except_for_folders() -> None:
+    assert not TrainConfig(dataset="sign_mnist").flip_enabled
+    assert not TrainConfig(dataset="digits").flip_enabled
+    assert TrainConfig(dataset="folder").flip_enabled
+    assert TrainConfig(dataset="sign_mnist", flip=True).flip_enabled

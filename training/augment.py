@@ -1,0 +1,74 @@
+"""The augmentation block, applied in the ``tf.data`` training pipeline only.
+
+It is never part of the model: Keras 3.15 keeps random layers active in an exported
+SavedModel, so the same image would get a different answer on every request. Keeping it here,
+handed to ``training.data.make_pipeline(..., augment=...)``, makes that mistake impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_augmentation(cfg: TrainConfig) -> keras.Sequential | None:
+    """Random geometric and photometric changes from ``cfg``; None when ``cfg.augment`` is off.
+
+    Layers with a zero factor are left out. Each layer is seeded from ``cfg.seed`` so a run is
+    reproducible. Edges are filled with the nearest pixel: black for digits, the backdrop for
+    hands, never a reflected copy of a stroke. Horizontal flip only when ``cfg.flip_enabled``:
+    a mirrored hand can be another sign (or the other hand), a mirrored digit is not a digit.
+
+    Args:
+        cfg: uses ``augment``, ``rotation``, ``zoom``, ``translate``, ``contrast``,
+            ``brightness``, ``flip_enabled`` and ``seed``.
+
+    Returns:
+        A ``keras.Sequential`` taking float32 images 0-255, or None.
+    """
+    if not cfg.augment:
+        return None
+    seed = cfg.seed
+    layers: list[keras.layers.Layer] = []
+    if cfg.flip_enabled:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if cfg.rotation > 0:
+        layers.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="nearest", seed=seed + 1))
+    if cfg.zoom > 0:
+        layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed + 2))
+    if cfg.translate > 0:
+        layers.append(
+            keras.layers.RandomTranslation(
+                cfg.translate, cfg.translate, fill_mode="nearest", seed=seed + 3
+            )
+        )
+    if cfg.contrast > 0:
+        layers.append(
+            keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed + 4)
+        )
+    if cfg.brightness > 0:
+        layers.append(
+            keras.layers.RandomBrightness(cfg.brightness, value_range=(0, 255), seed=seed + 5)
+        )
+    if not layers:
+        return None
+    log.debug("augmentation: %s", ", ".join(type(layer).__name__ for layer in layers))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def describe(cfg: TrainConfig) -> dict[str, float | bool]:
+    """The augmentation settings in effect, for logs and the report."""
+    return {
+        "enabled": cfg.augment,
+        "rotation": cfg.rotation,
+        "zoom": cfg.zoom,
+        "translate": cfg.translate,
+        "contrast": cfg.contrast,
+        "brightness": cfg.brightness,
+        "flip": cfg.flip_enabled,
+    }
