@@ -30,6 +30,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# At module level, so a machine without them skips before the session server starts.
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is absent (apt-get install chromium, or run make test)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright Python package is not installed"
+)
+
 TOP_K = 3
 TIMEOUT_MS = 30_000  # first predictions on a 2-core machine shared with others can be slow
 
@@ -49,11 +59,6 @@ def base_url(server: Any) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium, or run make test)")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright Python package is not installed"
-    )
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
