@@ -186,6 +186,18 @@ class TFLiteRunner:
         return _batched(self, x, batch_size)
 
 
+Runner = SavedModelRunner | TFLiteRunner
+
+
+def open_runner(path: Path, entry: FormatEntry, num_threads: int | None = None) -> Runner:
+    """The runner for one manifest format entry."""
+    if entry.kind == "saved_model":
+        return SavedModelRunner(path)
+    if entry.kind == "tflite":
+        return TFLiteRunner(path, num_threads=num_threads)
+    raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
+
+
 def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
     """Run ``fn`` over ``x`` in fixed-size batches, padding the last so shapes stay the same."""
     outs = []
@@ -228,6 +240,7 @@ def check_parity(
     data: str = "samples.npz",
     num_threads: int | None = None,
     speed_seconds: float = 0.0,
+    runners: Mapping[str, Runner] | None = None,
 ) -> ParityReport:
     """Run ``x`` through Keras and every format under ``version_dir`` and compare.
 
@@ -239,6 +252,7 @@ def check_parity(
         data: what ``x`` is, for the report ("samples.npz", "test split of mnist", ...).
         num_threads: LiteRT interpreter threads (None: LiteRT's default).
         speed_seconds: time spent measuring images/s per format and batch size (0: skip).
+        runners: already opened runners by format name (the others are opened here).
 
     Returns:
         The report; its ``failures`` lists each bound a format missed (empty when all pass).
@@ -259,11 +273,7 @@ def check_parity(
     results = [keras_row]
     for name, entry in formats.items():
         path = version_dir / entry.path
-        runner: SavedModelRunner | TFLiteRunner
-        if entry.kind == "saved_model":
-            runner = SavedModelRunner(path)
-        else:
-            runner = TFLiteRunner(path, num_threads=num_threads)
+        runner = (runners or {}).get(name) or open_runner(path, entry, num_threads)
         probs = runner.predict(x)
         row = FormatResult(
             name=name,
@@ -334,11 +344,11 @@ def format_table(report: ParityReport) -> str:
 
 
 def _human(size: int) -> str:
-    for unit in ("B", "KB", "MB"):
-        if size < 1024 or unit == "MB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
 
 
 def _size(path: Path) -> int:
@@ -357,7 +367,12 @@ def load_keras(path: Path) -> Any:
     return keras.models.load_model(path, compile=False)
 
 
-def check_input_shapes(version_dir: Path, manifest: Manifest, keras_model: Any = None) -> None:
+def check_input_shapes(
+    version_dir: Path,
+    manifest: Manifest,
+    keras_model: Any = None,
+    runners: Mapping[str, Runner] | None = None,
+) -> None:
     """Every format must take exactly the manifest's ``(H, W, C)``.
 
     Raises:
@@ -369,9 +384,9 @@ def check_input_shapes(version_dir: Path, manifest: Manifest, keras_model: Any =
     shapes: list[tuple[Path, tuple[Any, ...]]] = [
         (version_dir / "model.keras", tuple(model.input_shape[1:]))
     ]
-    for entry in manifest.formats.values():
+    for name, entry in manifest.formats.items():
         path = version_dir / entry.path
-        runner = SavedModelRunner(path) if entry.kind == "saved_model" else TFLiteRunner(path)
+        runner = (runners or {}).get(name) or open_runner(path, entry)
         shapes.append((path, tuple(runner.input_shape[1:])))
     for path, got in shapes:
         if got != want:
@@ -427,7 +442,11 @@ def verify_version(
     version_dir = Path(version_dir)
     manifest = artifacts.load_verified(version_dir)
     keras_model = load_keras(version_dir / "model.keras")
-    check_input_shapes(version_dir, manifest, keras_model)
+    runners = {
+        name: open_runner(version_dir / entry.path, entry, num_threads)
+        for name, entry in manifest.formats.items()
+    }
+    check_input_shapes(version_dir, manifest, keras_model, runners)
     if data_dir:
         x, y, data = load_test_split(manifest.training, data_dir, dataset)
     else:
@@ -449,6 +468,7 @@ def verify_version(
         data=data,
         num_threads=num_threads,
         speed_seconds=speed_seconds,
+        runners=runners,
     )
 
 
