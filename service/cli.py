@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         cmd, env = build_command(args)
     except configs.ConfigError as exc:
-        print(f"handserve serve: {exc}", file=sys.stderr)
+        print(f"handserve serve: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
         return 2
     shown = {k: v for k, v in env.items() if k.startswith("HANDSERVE_")}
     if args.dry_run:
         for key, value in sorted(shown.items()):
-            print(f"{key}={value}")
-        print(" ".join(cmd))
+            print(f"{key}={value}")  # noqa: T201 - CLI output
+        print(" ".join(cmd))  # noqa: T201 - CLI output
         return 0
     log.info("starting %s with %s", " ".join(cmd), shown)
     try:

@@ -1,0 +1,160 @@
+"""Unit tests of the service's logic: parameters, top-k, base64, config, admission, errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from handserve.configs import ConfigError
+from handserve.images import ImageDecodeError
+from service import cli as serve_cli
+from service.api import Admission, b64decode, check_unknown, parse_params
+from service.config import ServiceConfig, env_overrides, load_service_config, to_env
+from service.errors import STATUS, ApiError
+from service.metrics import batch_buckets
+from service.registry import top_k
+
+
+def test_parse_params_accepts_strings_and_ints() -> None:
+    assert parse_params({}, default_top_k=5) == (None, None, 5)
+    assert parse_params({"model": "a", "version": "2", "top_k": 3}, default_top_k=5) == (
+        "a",
+        2,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"top_k": "x"},
+        {"top_k": 0},
+        {"top_k": True},
+        {"version": "1.5"},
+        {"version": 0},
+        {"model": 3},
+        {"top_k": 2.0},
+    ],
+)
+def test_parse_params_refuses_bad_values(raw) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_params(raw, default_top_k=5)
+    assert info.value.code == "bad_parameter" and info.value.status == 422
+
+
+def test_unknown_fields_are_named() -> None:
+    with pytest.raises(ApiError, match="colour") as info:
+        check_unknown(["model", "colour"], ("model",), "query")
+    assert info.value.status == 422
+
+
+def test_top_k_sorted_clamped_and_stable() -> None:
+    scores = np.array([0.1, 0.5, 0.1, 0.3], np.float32)
+    labels = ["a", "b", "c", "d"]
+    out = top_k(scores, labels, 3)
+    assert [p["label"] for p in out] == ["b", "d", "a"]  # the tie keeps index order
+    assert out[0] == {"label": "b", "index": 1, "score": pytest.approx(0.5)}
+    assert len(top_k(scores, labels, 99)) == 4
+
+
+def test_b64decode_handles_data_urls_and_refuses_garbage() -> None:
+    assert b64decode("aGk=") == b"hi"
+    assert b64decode("data:image/png;base64,aGk=") == b"hi"
+    for bad in ("@@", 5):
+        with pytest.raises(ApiError) as info:
+            b64decode(bad, 2)
+        assert info.value.code == "bad_base64"
+
+
+def test_api_error_shape_and_decode_wrapping() -> None:
+    err = ApiError.from_decode(ImageDecodeError("truncated", "cut short"), 4)
+    assert err.status == 400
+    assert err.body() == {"error": {"code": "truncated", "message": "image 4: cut short"}}
+    assert STATUS["too_many_pixels"] == 413 and STATUS["unknown_model"] == 404
+
+
+def test_admission_is_a_bounded_queue() -> None:
+    adm = Admission(4)
+    adm.acquire(3, retry_after=2)
+    with pytest.raises(ApiError) as info:
+        adm.acquire(2, retry_after=2)
+    assert info.value.status == 503 and info.value.headers == {"Retry-After": "2"}
+    adm.release(3)
+    adm.acquire(4, retry_after=2)
+
+
+def test_config_from_env_and_file(tmp_path) -> None:
+    env = {
+        "HANDSERVE_MODELS_DIR": "/m",
+        "HANDSERVE_VERSIONS": "a=2, b=3",
+        "HANDSERVE_ACCESS_LOG": "yes",
+        "HANDSERVE_MAX_LATENCY_MS": "50",
+        "HANDSERVE_DEFAULT_MODEL": "none",
+        "HANDSERVE_UNRELATED": "ignored",
+    }
+    assert env_overrides(env)["versions"] == {"a": 2, "b": 3}
+    cfg = load_service_config(environ=env)
+    assert (cfg.models_dir, cfg.access_log, cfg.max_latency_ms, cfg.default_model) == (
+        "/m",
+        True,
+        50,
+        None,
+    )
+    path = tmp_path / "serve.yaml"
+    path.write_text("max_batch_size: 16\nruntime: savedmodel\n")
+    cfg = load_service_config(str(path), environ={"HANDSERVE_MAX_BATCH_SIZE": "8"})
+    assert (cfg.max_batch_size, cfg.runtime) == (8, "savedmodel")  # env beats file
+    assert load_service_config(environ=to_env({"versions": {"x": 1}, "workers": 2})).workers == 2
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HANDSERVE_RUNTIME": "tpu"},
+        {"HANDSERVE_WORKERS": "two"},
+        {"HANDSERVE_WORKERS": "0"},
+        {"HANDSERVE_VERSIONS": "a=0"},
+        {"HANDSERVE_LITERT_FILE": "model.bin"},
+    ],
+)
+def test_config_refuses_bad_values(env) -> None:
+    with pytest.raises(ConfigError):
+        load_service_config(environ=env)
+
+
+def test_config_file_unknown_key(tmp_path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text("max_batch = 3\n")
+    with pytest.raises(ConfigError, match="max_batch"):
+        load_service_config(str(path), environ={})
+
+
+def test_defaults_are_valid() -> None:
+    cfg = ServiceConfig()
+    assert cfg.runtime == "auto" and cfg.litert_file == "model.tflite"
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+
+
+def test_serve_cli_builds_bentoml_command(tmp_path) -> None:
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    args = parser.parse_args(
+        [
+            "--port",
+            "4321",
+            "--models-dir",
+            str(tmp_path),
+            "--runtime",
+            "litert",
+            "--versions",
+            "a=1",
+        ]
+    )
+    cmd, env = serve_cli.build_command(args)
+    assert cmd[-6:] == ["serve", "service.service:HandServe", "--port", "4321", "--host", "0.0.0.0"]
+    assert env["HANDSERVE_MODELS_DIR"] == str(tmp_path)
+    assert env["HANDSERVE_RUNTIME"] == "litert" and env["HANDSERVE_VERSIONS"] == "a=1"
+    bad = parser.parse_args(["--versions", "a=x"])
+    assert serve_cli.run(bad) == 2

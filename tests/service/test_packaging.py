@@ -1,0 +1,69 @@
+"""``bentoml build`` packs the service with its models; the SavedModel runtime serves too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tests.service.helpers import REPO, digit_png, running_server, wait_ready
+
+
+@pytest.mark.slow
+def test_bentoml_build_includes_service_models_and_dockerfile(tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", str(REPO), "--output", "tag"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    bentos = list((tmp_path / "home" / "bentos" / "handserve").glob("*/bento.yaml"))
+    assert len(bentos) == 1
+    bento = bentos[0].parent
+    meta = yaml.safe_load(bentos[0].read_text())
+    assert meta["service"] == "service.service:HandServe"
+    src = bento / "src"
+    for rel in (
+        "service/service.py",
+        "service/api.py",
+        "handserve/images.py",
+        "handserve/artifacts.py",
+        "service/static/index.html",
+        "models/README.md",
+    ):
+        assert (src / rel).is_file(), rel
+    # every published model version in models/ travels with its manifest
+    for manifest in REPO.glob("models/*/[0-9]*/manifest.json"):
+        assert (src / manifest.relative_to(REPO)).is_file()
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM python:3.11" in dockerfile
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "ai-edge-litert" in reqs and "bentoml==1.4.39" in reqs
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_savedmodel_runtime_serves_the_same_answer(server, tmp_path: Path) -> None:
+    data = digit_png(9)
+    want = requests.post(server.url + "/predict?model=tiny&top_k=10", files={"image": data})
+    env = {"HANDSERVE_RUNTIME": "savedmodel", "HANDSERVE_WARMUP_BATCHES": "1"}
+    with running_server(server.models_dir, tmp_path, env) as (url, proc, _):
+        wait_ready(url, proc, timeout=180)
+        got = requests.post(url + "/predict?model=tiny&top_k=10", files={"image": data})
+        models = requests.get(url + "/models").json()["models"]
+    assert got.status_code == 200
+    assert {m["runtime"] for m in models} == {"savedmodel"}
+    a = {p["index"]: p["score"] for p in want.json()["predictions"]}
+    b = {p["index"]: p["score"] for p in got.json()["predictions"]}
+    assert a.keys() == b.keys()
+    for i in a:
+        assert abs(a[i] - b[i]) < 1e-5
