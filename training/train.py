@@ -153,14 +153,17 @@ class EpochLog(keras.callbacks.Callback):
         self.n_train = n_train
         self.records = records
         self._start = 0.0
+        self._lr = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        # The rate the epoch starts with: what a reader of the log expects to see.
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         seconds = time.perf_counter() - self._start
         logs = dict(logs or {})
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = self._lr
         record = {
             "epoch": epoch + 1,
             "phase": self.phase,
@@ -325,6 +328,7 @@ def _fit_phase(
         epochs=initial_epoch + epochs,
         class_weight=weights,
         callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles (seeded); Keras cannot shuffle a tf.data anyway
         verbose=verbose,
     )
     losses = [v for v in history.history.get("val_loss", []) if v is not None]

@@ -215,3 +215,28 @@ def test_evaluate_refuses_a_model_that_does_not_match(tmp_path: Path, capsys) ->
     model.save(tmp_path / "model.keras")
     assert main(["evaluate", str(tmp_path), "--dataset", "digits", "--limit", "100"]) == 2
     assert "3 classes" in capsys.readouterr().err
+
+
+def test_two_phase_run_fine_tunes_at_lower_rate(tmp_path: Path) -> None:
+    cfg = tiny_cfg(
+        tmp_path,
+        backbone="mobilenet_v3_small",
+        backbone_size=32,
+        limit=100,
+        fine_tune_epochs=1,
+        fine_tune_layers=5,
+        label_smoothing=0.1,
+        class_weights="balanced",
+        schedule="constant",
+        learning_rate=0.01,
+        checkpoint=True,
+        early_stopping=2,
+    )
+    result = train.train(cfg, verbose=0)
+    history = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    assert [(r["epoch"], r["phase"]) for r in history] == [(1, 1), (2, 2)]
+    assert history[0]["learning_rate"] == pytest.approx(0.01)
+    assert history[1]["learning_rate"] == pytest.approx(0.001)
+    assert (result.run_dir / train.CHECKPOINT).is_file()
+    backbone = json.loads((result.run_dir / "backbone.json").read_text())
+    assert backbone == {**backbone, "name": "mobilenet_v3_small", "backbone_size": 32}
