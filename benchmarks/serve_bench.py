@@ -1,0 +1,261 @@
+"""Serving benchmark: requests/s, images/s, latency percentiles and failures vs concurrency.
+
+    python benchmarks/serve_bench.py --models-dir models [--model NAME] [--seconds 10]
+
+Starts ``bentoml serve service.service:HandServe`` on a free port (or uses ``--url``), then for
+single-image ``/predict`` and ``/predict_batch`` (``--batch-images`` per request) runs a closed
+loop of N concurrent clients (aiohttp, one event loop) for ``--seconds`` each, at every
+``--concurrency``. Also measures the runtime's in-process ceiling (LiteRT images/s at batch 1
+and at max batch, no HTTP) in the same run, and the mean batch BentoML formed (from the
+server's ``handserve_batch_size`` histogram). Prints a Markdown table. A benchmark, not a test:
+numbers depend on the machine and on whatever else runs on it (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from handserve import artifacts  # noqa: E402
+from service.runtimes import LiteRTRuntime  # noqa: E402
+
+
+def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
+    """A PNG at the model's native size: the decode cost of a typical small upload."""
+    rng = np.random.default_rng(seed)
+    h, w, c = shape
+    arr = rng.integers(0, 256, (h, w) if c == 1 else (h, w, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def ceiling(version_dir: Path, max_batch: int, seconds: float = 3.0) -> dict[int, float]:
+    """In-process LiteRT images/s at batch 1 and ``max_batch`` (the server's upper bound)."""
+    man = artifacts.read_manifest(version_dir)
+    rt = LiteRTRuntime(version_dir / "model.tflite", fmt=None, num_threads=2, max_batch=max_batch)
+    out = {}
+    for n in (1, max_batch):
+        x = np.zeros((n, *man.input.shape), np.uint8)
+        rt.predict(x)
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            rt.predict(x)
+            done += n
+        out[n] = done / (time.perf_counter() - start)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(models_dir: Path, env_extra: dict[str, str]):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HANDSERVE_MODELS_DIR": str(models_dir.resolve()),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(REPO),
+        **env_extra,
+    }
+    log = open(f"/tmp/serve_bench_{port}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.service:HandServe",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=REPO,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+async def wait_ready(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with s.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"{url} not ready")
+
+
+async def batch_hist(session: aiohttp.ClientSession, url: str) -> tuple[float, float]:
+    """(sum, count) of handserve_batch_size over all models."""
+    async with session.get(url + "/metrics") as r:
+        text = await r.text()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("handserve_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("handserve_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+async def run_cell(
+    url: str, model: str, image: bytes, concurrency: int, seconds: float, batch_images: int
+) -> dict[str, Any]:
+    """A closed loop of ``concurrency`` clients for ``seconds``; returns the row's numbers."""
+    latencies: list[float] = []
+    failures = 0
+    statuses: dict[int, int] = {}
+    path = "/predict" if batch_images == 1 else "/predict_batch"
+    conn = aiohttp.TCPConnector(limit=concurrency + 4)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+        s0, c0 = await batch_hist(session, url)
+        stop = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal failures
+            while time.perf_counter() < stop:
+                form = aiohttp.FormData()
+                form.add_field("model", model)
+                for i in range(batch_images):
+                    form.add_field(
+                        "images" if batch_images > 1 else "image",
+                        image,
+                        filename=f"{i}.png",
+                        content_type="image/png",
+                    )
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url + path, data=form) as r:
+                        await r.read()
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status == 200:
+                            latencies.append(time.perf_counter() - t0)
+                        else:
+                            failures += 1
+                except (TimeoutError, aiohttp.ClientError):
+                    failures += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        s1, c1 = await batch_hist(session, url)
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    ok = len(latencies)
+    return {
+        "rps": ok / elapsed,
+        "ips": ok * batch_images / elapsed,
+        "p50": float(np.percentile(lat, 50)),
+        "p95": float(np.percentile(lat, 95)),
+        "p99": float(np.percentile(lat, 99)),
+        "ok": ok,
+        "failures": failures,
+        "mean_batch": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan"),
+        "statuses": statuses,
+    }
+
+
+async def main_async(args: argparse.Namespace, url: str, model: str, image: bytes) -> list:
+    await wait_ready(url)
+    rows = []
+    for batch_images in (1, args.batch_images):
+        for c in args.concurrency:
+            row = await run_cell(url, model, image, c, args.seconds, batch_images)
+            row.update(kind="single" if batch_images == 1 else f"batch×{batch_images}", c=c)
+            print(
+                f"  {row['kind']:>9} c={c:<3} {row['rps']:7.1f} req/s "
+                f"{row['ips']:7.1f} img/s p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms "
+                f"failures {row['failures']} statuses {row['statuses']}",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--model", default=None, help="model name (default: first)")
+    parser.add_argument("--url", default=None, help="benchmark a running server instead")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--batch-images", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the server")
+    args = parser.parse_args()
+
+    models = artifacts.list_models(args.models_dir)
+    if not models:
+        print(f"no models in {args.models_dir}; run `handserve train --export` first")
+        return 2
+    model = args.model or sorted(models)[0]
+    vdir = artifacts.version_dir(args.models_dir, model)
+    man = artifacts.read_manifest(vdir)
+    image = test_image(man.input.shape)
+    print(
+        f"model {model}/{vdir.name} input {man.input.shape}, load average "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    ceil = ceiling(vdir, args.max_batch_size)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    env.setdefault("HANDSERVE_MAX_BATCH_SIZE", str(args.max_batch_size))
+    if args.url:
+        rows = asyncio.run(main_async(args, args.url, model, image))
+    else:
+        with server(args.models_dir, env) as (url, _):
+            rows = asyncio.run(main_async(args, url, model, image))
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
+    print(
+        "| request | concurrency | requests/s | images/s | p50 ms | p95 ms | p99 ms "
+        "| failures | mean batch |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['kind']} | {r['c']} | {r['rps']:.1f} | {r['ips']:.1f} | {r['p50']:.1f} "
+            f"| {r['p95']:.1f} | {r['p99']:.1f} | {r['failures']} | {r['mean_batch']:.1f} |"
+        )
+    for n, ips in ceil.items():
+        print(f"| in-process LiteRT, batch {n} | - | - | {ips:.0f} | - | - | - | - | {n} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
