@@ -476,6 +476,11 @@ def _train_into(
     metrics = evaluate_mod.compute_metrics(model, dataset, batch_size=max(batch, 128))
     seconds = sum(r["seconds"] for r in records)
     metrics["train_images_per_s"] = round(n_train * len(records) / seconds, 1) if seconds else 0.0
+    # Epoch 1 includes graph tracing; the median of later epochs is the steady-state speed.
+    later = [r["images_per_s"] for r in records[1:] if r["images_per_s"]] or [
+        r["images_per_s"] for r in records if r["images_per_s"]
+    ]
+    metrics["train_images_per_s_steady"] = float(np.median(later)) if later else 0.0
     metrics["train_seconds"] = round(seconds, 2)
     metrics["epochs_run"] = len(records)
     metrics["seconds_per_epoch"] = round(seconds / len(records), 2) if records else 0.0
