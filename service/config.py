@@ -63,8 +63,9 @@ class ServiceConfig:
     threads: int = _f(2, "BentoML threads per worker")
     timeout_s: float = _f(30.0, "request timeout (BentoML traffic.timeout)")
     # Images admitted and not yet answered, per worker; beyond it requests get 503 +
-    # Retry-After instead of queueing without bound. 256 ≈ 4 full batches.
-    max_inflight_images: int = _f(256, "admission cap per worker (bounded queue)")
+    # Retry-After instead of queueing without bound. 2048 is 32 full /predict_batch requests,
+    # about 1-2 s of work for a small model on 2 cores: queueing longer helps nobody.
+    max_inflight_images: int = _f(2048, "admission cap per worker (bounded queue)")
     retry_after_s: int = _f(1, "Retry-After seconds sent with 503 refusals")
     # Per-request access logs cost measurable CPU at hundreds of requests/s on 2 cores.
     access_log: bool = _f(False, "BentoML access log per request")
