@@ -12,6 +12,7 @@ Only built-in Keras layers are used, so ``model.keras`` loads without importing 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,10 +191,11 @@ def _build_pretrained(spec: BackboneSpec, size: int, weights: str) -> keras.Mode
         try:
             backbone = spec.factory(weights="imagenet", **common, **kwargs)
         except Exception as exc:  # offline download, proxy, corrupt cache: all one remedy
+            found = re.search(r"/([^/\s]+\.h5)", str(exc))
+            expected = found.group(1) if found else "the no-top .h5 file Keras expects"
             raise ModelError(
-                f"could not get ImageNet weights for {spec.name} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, put the no-top file "
-                "Keras expects in $KERAS_HOME/models/ (default ~/.keras/models/) or pass "
+                f"could not get ImageNet weights for {spec.name} (no network?); put "
+                f"{expected} in $KERAS_HOME/models/ (default ~/.keras/models/) or pass "
                 "--weights PATH (or --weights none)"
             ) from exc
     else:

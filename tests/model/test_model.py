@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import keras
@@ -94,6 +96,40 @@ def test_real_mobilenet_v2_weights_load(mobilenet_v2_weights: Path) -> None:
     )
     np.testing.assert_allclose(backbone.get_weights()[0], reference.get_weights()[0])
     assert not np.allclose(backbone.get_weights()[0], 0)
+
+
+def test_imagenet_download_failure_says_where_to_put_the_file(monkeypatch) -> None:
+    url = "https://example.invalid/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+
+    class Offline:
+        @staticmethod
+        def MobileNetV2(**kwargs):  # stands in for keras.applications
+            raise Exception(f"URL fetch failure on {url}: None -- Name or service not known")
+
+    monkeypatch.setattr(model_mod, "_apps", lambda: Offline)
+    with pytest.raises(ModelError) as info:
+        build_model(tiny_cfg(backbone="mobilenet_v2", weights="imagenet"), (28, 28, 1), 3)
+    message = str(info.value)
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in message
+    assert "$KERAS_HOME/models/" in message and "--weights PATH" in message
+
+
+@pytest.mark.shared_data
+def test_imagenet_weights_from_keras_home_work_offline(
+    mobilenet_v2_weights: Path, monkeypatch
+) -> None:
+    """A copy named as Keras names it in $KERAS_HOME/models/ makes weights="imagenet" work."""
+    from keras.src.backend import config as keras_config
+
+    # Keras reads KERAS_HOME once, at import: point it at the test's isolated home explicitly.
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", os.environ["KERAS_HOME"])
+    models = Path(os.environ["KERAS_HOME"]) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    target = models / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+    if not target.exists():
+        shutil.copyfile(mobilenet_v2_weights, target)
+    model = build_model(tiny_cfg(backbone="mobilenet_v2", weights="imagenet"), (28, 28, 1), 3)
+    assert model_mod.backbone_of(model).count_params() > 2_000_000
 
 
 def test_saved_model_has_no_augmentation_and_predicts_deterministically(tmp_path: Path) -> None:
