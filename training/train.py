@@ -31,6 +31,7 @@ import tensorflow as tf
 
 import handserve
 from handserve import configs
+from handserve.artifacts import ArtifactError
 from handserve.configs import ConfigError
 from training import augment as augment_mod
 from training import evaluate as evaluate_mod
@@ -548,7 +549,7 @@ def run(args: argparse.Namespace) -> int:
         # Keras writes progress to stdout; keep stdout for the result lines scripts read.
         with contextlib.redirect_stdout(sys.stderr):
             result = train(cfg)
-    except (DataError, ConfigError) as exc:
+    except (DataError, ConfigError, ArtifactError) as exc:
         _say(f"error: {exc}", err=True)
         return 2
     _say(f"run: {result.run_dir}")
