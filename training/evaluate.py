@@ -151,6 +151,8 @@ def plot_confusion_matrix(
 def plot_learning_curves(records: list[dict[str, Any]], path: Path) -> Path:
     """Train vs val loss and accuracy per epoch, both phases, the phase boundary marked."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [r["epoch"] for r in records]
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
@@ -161,6 +163,7 @@ def plot_learning_curves(records: list[dict[str, Any]], path: Path) -> Path:
         if boundary:
             ax.axvline(boundary[0] - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
