@@ -76,8 +76,10 @@ PRETRAINED = {
     "image_size": 28,
     "backbone": "mobilenet_v2",
     "backbone_size": 96,
-    "epochs": 15,
-    "fine_tune_epochs": 0,
+    # Phase 1 probes the features; phase 2 lets the random network learn too (fair to it).
+    "epochs": 10,
+    "fine_tune_epochs": 5,
+    "fine_tune_layers": -1,
     "batch_size": 32,
     "optimizer": "adam",
     "learning_rate": 1e-3,
