@@ -92,6 +92,10 @@ class ServiceConfig:
             (self.max_pixels >= 1, "max_pixels must be at least 1"),
             (self.max_batch_images >= 1, "max_batch_images must be at least 1"),
             (self.top_k >= 1, "top_k must be at least 1"),
+            (
+                self.max_inflight_images >= self.max_batch_images,
+                "max_inflight_images must be >= max_batch_images (a full batch must fit)",
+            ),
             (self.litert_file.endswith(".tflite"), "litert_file must name a .tflite file"),
         ]
         for ok, message in checks:

@@ -176,3 +176,27 @@ def test_app_not_ready_answers_503(models_dir: Path) -> None:
         resp = c.post("/predict", content=digit_png(1), headers={"Content-Type": "image/png"})
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert resp.json()["error"]["code"] == "not_ready"
+
+
+def test_app_refuses_beyond_capacity_with_retry_after(models_dir: Path) -> None:
+    cfg = ServiceConfig(
+        models_dir=str(models_dir),
+        runtime="litert",
+        max_inflight_images=4,
+        max_batch_images=4,
+        retry_after_s=3,
+        warmup_batches=0,
+    )
+    reg = ModelRegistry(cfg)
+    reg.load_all()
+    reg.mark_ready()
+    backend = LocalBackend(reg)
+    app = create_app(lambda: backend, cfg)
+    imgs = [base64.b64encode(digit_png(i)).decode() for i in range(3)]
+    with TestClient(app) as c:
+        app.state.admission.acquire(2, 3)  # two images of another request still in flight
+        resp = c.post("/predict_batch", json={"images": imgs})
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "3"
+        assert resp.json()["error"]["code"] == "overloaded"
+        app.state.admission.release(2)
+        assert c.post("/predict_batch", json={"images": imgs}).status_code == 200
