@@ -22,6 +22,7 @@ import anyio
 import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -236,9 +237,8 @@ def create_app(get_backend: Callable[[], Backend], cfg: Any) -> Starlette:
         try:
             backend = get_backend()
             if not backend.registry.ready:
-                raise ApiError(
-                    "not_ready", "models are still loading", headers={"Retry-After": "1"}
-                )
+                why = backend.registry.load_error or "models are still loading"
+                raise ApiError("not_ready", why, headers={"Retry-After": "1"})
             blobs, name, version, k = await parse_request(
                 request,
                 batch=batch,
@@ -289,6 +289,13 @@ def create_app(get_backend: Callable[[], Backend], cfg: Any) -> Starlette:
     async def demo_redirect(request: Request) -> Response:
         return RedirectResponse("/demo/")
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own 404/405 inside this app, answered in the same JSON shape."""
+        status = getattr(exc, "status_code", 500)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "bad_request")
+        err = ApiError(code, str(getattr(exc, "detail", "")) or code.replace("_", " "))
+        return JSONResponse(err.body(), status_code=status, headers=getattr(exc, "headers", None))
+
     routes = [
         Route("/predict", predict, methods=["POST"]),
         Route("/predict_batch", predict_batch, methods=["POST"]),
@@ -296,7 +303,7 @@ def create_app(get_backend: Callable[[], Backend], cfg: Any) -> Starlette:
         Route("/demo", demo_redirect, methods=["GET"]),
         Mount("/demo", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.admission = admission
     return app
 

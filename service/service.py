@@ -108,6 +108,13 @@ class HandServe:
             await self._warm_dispatcher()
             if self.cfg.warmup_delay_s:
                 await asyncio.sleep(self.cfg.warmup_delay_s)
+            if not self.registry.models:
+                # Ready with nothing to serve would send traffic to a useless replica.
+                self.registry.load_error = "no model could be served"
+                log.error(
+                    "no model could be served from %s; /readyz stays 503", self.cfg.models_dir
+                )
+                return
             self.registry.mark_ready()
             log.info("ready")
         except Exception as exc:

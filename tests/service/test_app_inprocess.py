@@ -167,6 +167,8 @@ def test_app_batch_limits_and_errors(client: TestClient) -> None:
     resp = client.post("/predict", data={"model": "tiny"}, files={"x": ("a", b"zz", "image/png")})
     assert resp.json()["error"]["code"] == "not_an_image"
     assert client.get("/models").json()["models"][0]["name"] == "tiny"
+    resp = client.get("/predict")
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_app_not_ready_answers_503(models_dir: Path) -> None:

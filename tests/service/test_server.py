@@ -291,3 +291,31 @@ def test_docs_and_demo_are_served(server) -> None:
     assert requests.get(server.url + "/", timeout=10).status_code == 200
     resp = requests.get(server.url + "/demo", timeout=10)  # redirects to /demo/
     assert resp.status_code == 200 and "<html" in resp.text.lower()
+
+
+def test_no_servable_model_stays_unready_but_alive(server, tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    from tests.service.helpers import running_server
+
+    models = tmp_path / "models"
+    shutil.copytree(server.models_dir / "broken", models / "broken")
+    with running_server(models, tmp_path, {"HANDSERVE_RUNTIME": "litert"}) as (url, proc, _):
+        deadline = time.monotonic() + 120
+        refused: list = []
+        while time.monotonic() < deadline and not refused:
+            assert proc.poll() is None
+            try:
+                if requests.get(url + "/livez", timeout=2).status_code == 200:
+                    refused = requests.get(url + "/models", timeout=2).json()["refused"]
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert [r["name"] for r in refused] == ["broken"]
+        time.sleep(0.5)
+        assert requests.get(url + "/readyz", timeout=5).status_code == 503
+        resp = requests.post(
+            url + "/predict", data=digit_png(1), headers={"Content-Type": "image/png"}, timeout=5
+        )
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "not_ready"
