@@ -10,6 +10,7 @@ import base64
 import concurrent.futures as cf
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,7 +108,7 @@ def test_predict_each_form_equals_the_model(server, tiny_dir, labels, form, fmt)
         )
     elif form == "raw":
         resp = requests.post(
-            url, data=data, headers={"Content-Type": mime}, params={"model": "tiny", "top_k": 3}
+            url, data=data, headers={"Content-Type": mime}, params={"model": "tiny", "top_k": "3"}
         )
     else:
         resp = requests.post(
@@ -142,7 +143,7 @@ def test_predict_batch_keeps_order(server, tiny_dir, labels, form) -> None:
         files = [("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)]
         resp = requests.post(server.url + "/predict_batch?model=tiny&top_k=10", files=files)
     else:
-        payload = {
+        payload: dict[str, Any] = {
             "images": [base64.b64encode(b).decode() for b in images],
             "model": "tiny",
             "top_k": 10,
