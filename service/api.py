@@ -1,10 +1,15 @@
-"""The public HTTP API as a Starlette app: parse the three input forms, refuse bad input.
+"""The public HTTP API as a FastAPI app: parse the three input forms, refuse bad input.
 
 ``/predict`` and ``/predict_batch`` accept an image as multipart file(s), as a raw body with an
 ``image/*`` content type, or as JSON with base64. Parsing, limits and error answers live here;
 images go to a :class:`Backend` whose ``infer`` joins them into adaptive batches (BentoML's
 dispatcher in the service, a direct call in in-process tests). Nothing here imports BentoML,
 so the app can be tested in-process with ``httpx.ASGITransport``.
+
+The handlers take the raw ``Request`` (one route accepts three body forms, and every refusal must
+be our JSON error, not FastAPI's validation format); FastAPI is used for its OpenAPI document,
+which BentoML merges into the service's ``/docs.json`` and Swagger page. The schema is written
+out in :data:`OPENAPI` below.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ from typing import Any, Protocol
 
 import anyio
 import numpy as np
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 from handserve.images import ImageDecodeError, decode_image
@@ -186,6 +191,157 @@ async def parse_request(
 
 
 # --------------------------------------------------------------------------- app
+# --------------------------------------------------------------------------- OpenAPI
+_PARAMS_DOC = [
+    {
+        "name": "model",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "model name (default: the configured default model)",
+    },
+    {
+        "name": "version",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "model version (default: the latest loaded)",
+    },
+    {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1},
+        "description": "how many classes to return, best first",
+    },
+]
+_PREDICTION = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string"},
+        "index": {"type": "integer"},
+        "score": {"type": "number"},
+    },
+}
+_PREDICTIONS = {"type": "array", "items": _PREDICTION}
+_ERROR = {
+    "description": 'refused input, as {"error": {"code", "message"}}',
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+_ERRORS = {
+    str(code): {**_ERROR, "description": f"{why}; " + str(_ERROR["description"])}
+    for code, why in (
+        (400, "not an image, truncated, too many pixels, bad parameter"),
+        (404, "unknown model or version"),
+        (413, "body over the size limit"),
+        (415, "unsupported Content-Type"),
+        (503, "not ready, or over capacity (with Retry-After)"),
+    )
+}
+
+
+def _body(batch: bool) -> dict[str, Any]:
+    file_field = {"type": "string", "format": "binary"}
+    multipart = {
+        "type": "object",
+        "properties": {
+            ("files" if batch else "file"): (
+                {"type": "array", "items": file_field} if batch else file_field
+            ),
+            "model": {"type": "string"},
+            "version": {"type": "integer"},
+            "top_k": {"type": "integer"},
+        },
+    }
+    key = "images" if batch else "image"
+    b64 = {"type": "string", "format": "byte", "description": "base64 (a data: URL works too)"}
+    json_body = {
+        "type": "object",
+        "required": [key],
+        "properties": {
+            key: {"type": "array", "items": b64} if batch else b64,
+            "model": {"type": "string"},
+            "version": {"type": "integer"},
+            "top_k": {"type": "integer"},
+        },
+    }
+    content: dict[str, Any] = {
+        "multipart/form-data": {"schema": multipart},
+        "application/json": {"schema": json_body},
+    }
+    if not batch:
+        raw = {"schema": {"type": "string", "format": "binary"}}
+        content.update({"image/png": raw, "image/jpeg": raw, "application/octet-stream": raw})
+    return {"required": True, "content": content}
+
+
+def _ok(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}}
+
+
+_HEAD = {"model": {"type": "string"}, "version": {"type": "integer"}}
+#: The public routes' OpenAPI entries (FastAPI cannot infer them from ``request: Request``).
+OPENAPI: dict[str, dict[str, Any]] = {
+    "predict": {
+        "summary": "Classify one image",
+        "description": "One image as a multipart file, a raw image/* body, or JSON base64.",
+        "openapi_extra": {
+            "parameters": _PARAMS_DOC,
+            "requestBody": _body(batch=False),
+            "responses": {
+                **_ok({"type": "object", "properties": {**_HEAD, "predictions": _PREDICTIONS}}),
+                **_ERRORS,
+            },
+        },
+    },
+    "predict_batch": {
+        "summary": "Classify several images; results in the same order",
+        "description": 'Multipart with several `files`, or JSON `{"images": [base64, ...]}`.',
+        "openapi_extra": {
+            "parameters": _PARAMS_DOC,
+            "requestBody": _body(batch=True),
+            "responses": {
+                **_ok(
+                    {
+                        "type": "object",
+                        "properties": {
+                            **_HEAD,
+                            "results": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"predictions": _PREDICTIONS},
+                                },
+                            },
+                        },
+                    }
+                ),
+                **_ERRORS,
+            },
+        },
+    },
+    "models": {
+        "summary": "Models served: versions, labels, input contract, runtime, metrics",
+        "openapi_extra": {"responses": _ok({"type": "object"})},
+    },
+}
+
+
 class Admission:
     """A per-worker cap on images admitted and not yet answered (a bounded queue).
 
@@ -210,7 +366,7 @@ class Admission:
         self.inflight -= n
 
 
-def create_app(get_backend: Callable[[], Backend], cfg: Any) -> Starlette:
+def create_app(get_backend: Callable[[], Backend], cfg: Any) -> FastAPI:
     """The Starlette app; ``get_backend`` is called per request (the service sets it up late)."""
     admission = Admission(cfg.max_inflight_images)
 
@@ -296,14 +452,25 @@ def create_app(get_backend: Callable[[], Backend], cfg: Any) -> Starlette:
         err = ApiError(code, str(getattr(exc, "detail", "")) or code.replace("_", " "))
         return JSONResponse(err.body(), status_code=status, headers=getattr(exc, "headers", None))
 
-    routes = [
-        Route("/predict", predict, methods=["POST"]),
-        Route("/predict_batch", predict_batch, methods=["POST"]),
-        Route("/models", models, methods=["GET"]),
-        Route("/demo", demo_redirect, methods=["GET"]),
-        Mount("/demo", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
-    ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = FastAPI(
+        title="handserve",
+        # BentoML serves the merged OpenAPI document and Swagger page; FastAPI's would clash.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        exception_handlers={HTTPException: http_error},
+    )
+    app.add_api_route("/predict", predict, methods=["POST"], tags=["predict"], **OPENAPI["predict"])
+    app.add_api_route(
+        "/predict_batch",
+        predict_batch,
+        methods=["POST"],
+        tags=["predict"],
+        **OPENAPI["predict_batch"],
+    )
+    app.add_api_route("/models", models, methods=["GET"], tags=["models"], **OPENAPI["models"])
+    app.router.routes.append(Route("/demo", demo_redirect, methods=["GET"]))
+    app.mount("/demo", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False))
     app.state.admission = admission
     return app
 

@@ -288,7 +288,14 @@ def test_metrics_count_what_was_sent(server) -> None:
 
 
 def test_docs_and_demo_are_served(server) -> None:
-    assert requests.get(server.url + "/docs.json", timeout=10).status_code == 200
+    spec = requests.get(server.url + "/docs.json", timeout=10)
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    # The public routes are in BentoML's OpenAPI document, with all three body forms.
+    body = paths["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json", "image/png"} <= set(body)
+    assert "/predict_batch" in paths and "/models" in paths
+    assert {p["name"] for p in paths["/predict"]["post"]["parameters"]} >= {"model", "top_k"}
     assert requests.get(server.url + "/", timeout=10).status_code == 200
     resp = requests.get(server.url + "/demo", timeout=10)  # redirects to /demo/
     assert resp.status_code == 200 and "<html" in resp.text.lower()
