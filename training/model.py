@@ -171,6 +171,11 @@ def resolve_backbone_size(cfg: TrainConfig, spec: BackboneSpec) -> int | None:
     return size
 
 
+def is_from_scratch(cfg: TrainConfig) -> bool:
+    """True when nothing pretrained is loaded: baselines, or any backbone with weights "none"."""
+    return not get_spec(cfg.backbone).pretrained or cfg.weights == "none"
+
+
 def weights_label(cfg: TrainConfig) -> str:
     """How ``backbone.json`` records the weights: "imagenet", "none" or "file:<path>"."""
     if not get_spec(cfg.backbone).pretrained or cfg.weights == "none":
@@ -250,8 +255,9 @@ def build_model(
 
     Pretrained backbones are resized to their size, grey is repeated to RGB, their own
     preprocessing applied, and they are called with ``training=False`` so BatchNorm keeps its
-    ImageNet statistics even when unfrozen. The backbone starts frozen (phase 1); baselines
-    train from scratch and are fully trainable.
+    ImageNet statistics even when unfrozen. A pretrained backbone starts frozen (phase 1);
+    baselines and backbones with ``weights="none"`` train from scratch, fully trainable, with
+    BatchNorm in its usual training mode.
 
     Args:
         cfg: uses ``backbone``, ``weights``, ``backbone_size`` and ``dropout``.
@@ -278,10 +284,15 @@ def build_model(
         x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
         x = _baseline(spec.name, (h, w, c))(x)
     else:
+        from_scratch = cfg.weights == "none"
         size = resolve_backbone_size(cfg, spec)
         assert size is not None
         backbone = _build_pretrained(spec, size, cfg.weights)
-        backbone.trainable = False
+        # Random weights have nothing to protect: the backbone trains from the first epoch with
+        # BatchNorm learning batch statistics, like the baselines. In inference mode, freshly
+        # initialised BatchNorm (mean 0, variance 1) lets no signal through a deep network: a
+        # random MobileNetV2 stayed at exactly log(num_classes) loss (measured, docs/training.md).
+        backbone.trainable = from_scratch
         x = inputs
         if (h, w) != (size, size):
             x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
@@ -291,7 +302,8 @@ def build_model(
             x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)
         elif spec.preprocessing == "caffe":
             x = _caffe_preprocess()(x)
-        x = backbone(x, training=False)
+        # Pretrained: training=False keeps BatchNorm's ImageNet statistics even when unfrozen.
+        x = backbone(x) if from_scratch else backbone(x, training=False)
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(cfg.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(

@@ -456,7 +456,7 @@ def _train_into(
             best_so_far=None,
             **common,
         )
-    if spec.pretrained and cfg.fine_tune_epochs > 0:
+    if not model_mod.is_from_scratch(cfg) and cfg.fine_tune_epochs > 0:
         done = len(records)
         with strategy.scope():
             model_mod.unfreeze(model, cfg.fine_tune_layers)
@@ -471,7 +471,7 @@ def _train_into(
                 **common,
             )
     elif cfg.fine_tune_epochs > 0:
-        log.info("fine_tune_epochs ignored: backbone %s trains fully in phase 1", spec.name)
+        log.info("fine_tune_epochs ignored: %s from scratch trains fully in phase 1", spec.name)
 
     # The report: metrics on the restored best weights, then the contract's files.
     metrics = evaluate_mod.compute_metrics(model, dataset, batch_size=max(batch, 128))

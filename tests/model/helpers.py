@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training import model as model_mod
 from training.config import TrainConfig
 
 
@@ -30,3 +32,19 @@ def tiny_cfg(tmp_path: Any = None, **overrides: Any) -> TrainConfig:
 def images(n: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     """Random float32 images 0-255 of ``shape``."""
     return np.random.default_rng(seed).uniform(0, 255, size=(n, *shape)).astype("float32")
+
+
+def fake_pretrained_weights(backbone: str, size: int, path: Path) -> Path:
+    """Save a randomly initialised keras.applications backbone's weights to ``path``.
+
+    Stands in for an ImageNet file offline: build_model treats any weights file as pretrained
+    (frozen in phase 1, fine-tuned in phase 2), which is what the tests of that path need.
+    """
+    if not path.exists():
+        spec = model_mod.get_spec(backbone)
+        assert spec.factory is not None
+        net = spec.factory(
+            include_top=False, weights=None, input_shape=(size, size, 3), **dict(spec.extra)
+        )
+        net.save_weights(path)
+    return path

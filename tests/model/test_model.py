@@ -13,7 +13,16 @@ import pytest
 from training import model as model_mod
 from training.model import ModelError, build_model, unfreeze
 
-from .helpers import images, tiny_cfg
+from .helpers import fake_pretrained_weights, images, tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def pretrained_cfg(tmp_path_factory: pytest.TempPathFactory):
+    """A mobilenet_v2 config at 32 px with a weights file (pretrained path, offline)."""
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2.weights.h5"
+    fake_pretrained_weights("mobilenet_v2", 32, path)
+    return tiny_cfg(backbone="mobilenet_v2", backbone_size=32, weights=str(path))
+
 
 GREY, RGB = (28, 28, 1), (96, 96, 3)
 
@@ -152,8 +161,8 @@ def test_has_augmentation_detects_random_layers() -> None:
     assert model_mod.has_augmentation(outer)
 
 
-def test_unfreeze_keeps_batchnorm_frozen() -> None:
-    model = build_model(tiny_cfg(backbone="mobilenet_v2", backbone_size=32), (28, 28, 1), 3)
+def test_unfreeze_keeps_batchnorm_frozen(pretrained_cfg) -> None:
+    model = build_model(pretrained_cfg, (28, 28, 1), 3)
     backbone = model_mod.backbone_of(model)
     assert not backbone.trainable
     unfreeze(model, -1)
@@ -163,17 +172,17 @@ def test_unfreeze_keeps_batchnorm_frozen() -> None:
     assert all(layer.trainable for layer in convs)
 
 
-def test_unfreeze_top_n_layers_only() -> None:
-    model = build_model(tiny_cfg(backbone="mobilenet_v2", backbone_size=32), (28, 28, 1), 3)
+def test_unfreeze_top_n_layers_only(pretrained_cfg) -> None:
+    model = build_model(pretrained_cfg, (28, 28, 1), 3)
     unfreeze(model, 10)
     layers = model_mod.backbone_of(model).layers
     assert all(not layer.trainable for layer in layers[:-10])
     assert any(layer.trainable for layer in layers[-10:])
 
 
-def test_phase_one_step_leaves_frozen_weights_unchanged() -> None:
+def test_phase_one_step_leaves_frozen_weights_unchanged(pretrained_cfg) -> None:
     """Phase 1 trains the head only: backbone weights (and BN statistics) must not move."""
-    model = build_model(tiny_cfg(backbone="mobilenet_v2", backbone_size=32), (28, 28, 1), 3)
+    model = build_model(pretrained_cfg, (28, 28, 1), 3)
     backbone = model_mod.backbone_of(model)
     before = [w.copy() for w in backbone.get_weights()]
     head_before = [w.copy() for w in model.get_layer("classifier").get_weights()]
@@ -215,3 +224,19 @@ def test_unfrozen_step_moves_backbone_but_not_batchnorm() -> None:
     for a, b in zip(bn_before, bn.get_weights(), strict=True):
         np.testing.assert_allclose(a, b)
     assert not np.allclose(conv_before, conv.get_weights()[0])
+
+
+def test_random_backbone_trains_from_scratch() -> None:
+    """weights="none": nothing to protect, so the backbone and its BatchNorm train at once.
+
+    A frozen, inference-mode random MobileNetV2 passes no signal (its loss stays at
+    log(num_classes)); this checks the backbone is trainable and its BatchNorm statistics move.
+    """
+    model = build_model(tiny_cfg(backbone="mobilenet_v2", backbone_size=32), (28, 28, 1), 3)
+    backbone = model_mod.backbone_of(model)
+    assert backbone.trainable
+    bn = next(la for la in backbone.layers if isinstance(la, keras.layers.BatchNormalization))
+    moving_mean = keras.ops.convert_to_numpy(bn.moving_mean).copy()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.train_on_batch(images(8, (28, 28, 1), seed=4), np.array([0, 1, 2, 0, 1, 2, 0, 1]))
+    assert not np.allclose(moving_mean, keras.ops.convert_to_numpy(bn.moving_mean))

@@ -16,7 +16,7 @@ from training import data, train
 from training import model as model_mod
 from training.evaluate import loss_and_accuracy
 
-from .helpers import tiny_cfg
+from .helpers import fake_pretrained_weights, tiny_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -218,10 +218,12 @@ def test_evaluate_refuses_a_model_that_does_not_match(tmp_path: Path, capsys) ->
 
 
 def test_two_phase_run_fine_tunes_at_lower_rate(tmp_path: Path) -> None:
+    weights = fake_pretrained_weights("mobilenet_v3_small", 32, tmp_path / "v3.weights.h5")
     cfg = tiny_cfg(
         tmp_path,
         backbone="mobilenet_v3_small",
         backbone_size=32,
+        weights=str(weights),
         limit=100,
         fine_tune_epochs=1,
         fine_tune_layers=5,
