@@ -35,19 +35,20 @@ from training.config import TrainConfig  # noqa: E402
 MOBILENET_V2_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 #: The settings of each benchmark: TrainConfig fields (data_dir filled in from --shared).
+#: Tuned (docs/training.md): 10 epochs with zoom/shift 0.1 and dropout 0.2 reached 99.33%.
 MNIST = {
     "dataset": "mnist",
     "backbone": "cnn",
     "weights": "none",
-    "epochs": 10,
+    "epochs": 12,
     "batch_size": 128,
     "optimizer": "adam",
     "learning_rate": 2e-3,
     "schedule": "cosine",
-    "dropout": 0.2,
+    "dropout": 0.1,
     "rotation": 0.03,
-    "zoom": 0.1,
-    "translate": 0.1,
+    "zoom": 0.05,
+    "translate": 0.05,
     "contrast": 0.0,
     "brightness": 0.0,
     "early_stopping": 0,
