@@ -481,7 +481,7 @@ def _train_into(
     later = [r["images_per_s"] for r in records[1:] if r["images_per_s"]] or [
         r["images_per_s"] for r in records if r["images_per_s"]
     ]
-    metrics["train_images_per_s_steady"] = float(np.median(later)) if later else 0.0
+    metrics["train_images_per_s_steady"] = round(float(np.median(later)), 1) if later else 0.0
     metrics["train_seconds"] = round(seconds, 2)
     metrics["epochs_run"] = len(records)
     metrics["seconds_per_epoch"] = round(seconds / len(records), 2) if records else 0.0
