@@ -36,29 +36,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        # Only the chosen subcommand's module is imported (see main); others get a stub parser.
-        p.set_defaults(_module=module)
+    for name, (_module, help_text) in COMMANDS.items():
+        # The subcommand's own flags are added in main(), after importing only its module.
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Find the subcommand first, then let its module add its own flags before the full parse.
-    pre, _ = parser.parse_known_args(argv) if argv and argv[0] in COMMANDS else (None, None)
-    if pre is None:
+    # Global flags may come before the subcommand (handserve -q train ...) or after it.
+    index = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
+    if index is None:
         parser.parse_args(argv)  # prints help / errors for a missing or unknown command
         return 2
-    module = importlib.import_module(COMMANDS[pre.command][0])
+    pre = parser.parse_args(argv[: index + 1])
+    command = argv[index]
+    # Only the chosen subcommand's module is imported, then it adds its own flags.
+    module = importlib.import_module(COMMANDS[command][0])
     sub_parser = argparse.ArgumentParser(
-        prog=f"handserve {pre.command}", description=COMMANDS[pre.command][1]
+        prog=f"handserve {command}", description=COMMANDS[command][1]
     )
-    sub_parser.add_argument("-v", "--verbose", action="count", default=1)
-    sub_parser.add_argument("-q", "--quiet", action="store_true")
+    sub_parser.add_argument("-v", "--verbose", action="count", default=pre.verbose)
+    sub_parser.add_argument("-q", "--quiet", action="store_true", default=pre.quiet)
     module.configure(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
+    args = sub_parser.parse_args(argv[index + 1 :])
     _setup_logging(0 if args.quiet else args.verbose)
     try:
         return int(module.run(args) or 0)

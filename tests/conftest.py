@@ -7,6 +7,7 @@ Fixtures that build a tiny trained run and a tiny export live in ``tests/fixture
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Keras reads KERAS_HOME once, at import: point it at an empty folder now, so no test depends on
+# (or writes to) the user's ~/.keras cache, and "imagenet" weights fail as they do offline.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="handserve-tests-keras-")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +48,3 @@ def mobilenet_v2_weights() -> Path:
     if not path.is_file():
         pytest.skip(f"MobileNetV2 weights not found at {path} (../shared is absent)")
     return path
-
-
-@pytest.fixture(autouse=True)
-def _isolated_keras_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> None:
-    """Keep Keras' cache out of ~/.keras so no test depends on (or pollutes) the user's cache."""
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.getbasetemp() / "keras_home"))

@@ -540,6 +540,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``handserve train``; prints the run folder and report on stdout."""
     from training.data import DataError
+    from training.export import ExportError
 
     if args.list_backbones:
         _say(model_mod.list_backbones())
@@ -549,7 +550,8 @@ def run(args: argparse.Namespace) -> int:
         # Keras writes progress to stdout; keep stdout for the result lines scripts read.
         with contextlib.redirect_stdout(sys.stderr):
             result = train(cfg)
-    except (DataError, ConfigError, ArtifactError) as exc:
+    except (DataError, ConfigError, ArtifactError, ExportError) as exc:
+        # The run folder is finished and kept when only --export failed; say where it is.
         _say(f"error: {exc}", err=True)
         return 2
     _say(f"run: {result.run_dir}")
