@@ -300,7 +300,11 @@ def _fit_phase(
     if cfg.early_stopping > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=cfg.early_stopping, restore_best_weights=True
+                monitor="val_loss",
+                patience=cfg.early_stopping,
+                restore_best_weights=True,
+                # Phase 1 only: phase 2 starts from trained weights and frozen BatchNorm.
+                start_from_epoch=cfg.early_stopping_start if phase == 1 else 0,
             )
         )
     if cfg.checkpoint:
