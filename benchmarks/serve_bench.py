@@ -18,10 +18,8 @@ import asyncio
 import contextlib
 import io
 import os
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handserve import artifacts  # noqa: E402
+from service.cli import background_server  # noqa: E402
 from service.runtimes import LiteRTRuntime  # noqa: E402
 
 
@@ -63,51 +62,11 @@ def ceiling(version_dir: Path, max_batch: int, seconds: float = 3.0) -> dict[int
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server(models_dir: Path, env_extra: dict[str, str]):
-    port = free_port()
-    env = {
-        **os.environ,
-        "HANDSERVE_MODELS_DIR": str(models_dir.resolve()),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "PYTHONPATH": str(REPO),
-        **env_extra,
-    }
-    log = open(f"/tmp/serve_bench_{port}.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service.service:HandServe",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=REPO,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    log_path = Path(tempfile.gettempdir()) / f"serve_bench_{os.getpid()}.log"
+    with background_server(models_dir, log_path, env_extra) as (url, proc):
+        yield url, proc
 
 
 async def wait_ready(url: str, timeout: float = 180) -> None:

@@ -10,10 +10,14 @@ Equivalent by hand::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from handserve import configs
@@ -68,3 +72,52 @@ def run(args: argparse.Namespace) -> int:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 130
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def background_server(
+    models_dir: Path, log_path: Path, env_extra: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``bentoml serve`` on a free loopback port in its own process group, for tests and benchmarks.
+
+    Yields the base URL and the process as soon as it is started (callers poll ``/readyz``);
+    on exit the whole group (BentoML's workers too) gets SIGTERM, then SIGKILL after 15 s.
+    """
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "HANDSERVE_MODELS_DIR": str(Path(models_dir).resolve()),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port)]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [*cmd, "--host", "127.0.0.1"],
+            cwd=REPO,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}", proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)

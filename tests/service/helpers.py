@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ import requests
 from PIL import Image
 
 from handserve import artifacts
+from service.cli import background_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,62 +98,16 @@ def digit_png(seed: int = 0, size: int = 28, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_server(
     models_dir: Path, home: Path, env_extra: dict[str, str] | None = None, timeout: float = 120
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], float]]:
     """``bentoml serve`` on a free port; yields (base URL, process, start time)."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "BENTOML_HOME": str(home),
-            "HANDSERVE_MODELS_DIR": str(models_dir),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONPATH": str(REPO),
-        }
-    )
-    env.update(env_extra or {})
-    log = open(home / f"server-{port}.log", "wb")  # noqa: SIM115 - closed at teardown
+    env = {"BENTOML_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service.service:HandServe",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
+    log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log", dir=home)[1])
+    with background_server(models_dir, log_path, env) as (url, proc):
         yield url, proc, started
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        log.close()
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

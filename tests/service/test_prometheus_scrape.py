@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ import pytest
 import requests
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
+
+from service.cli import free_port
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.server]
 
@@ -44,12 +45,6 @@ def _base_url(server: Any) -> str:
         if hasattr(server, attr):
             return str(getattr(server, attr)).rstrip("/")
     return str(server).rstrip("/")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _predictions_total(base_url: str) -> float:
@@ -92,7 +87,7 @@ def prometheus(server: Any, tmp_path: Path) -> Iterator[str]:
         "    static_configs:\n"
         f"      - targets: ['{target}']\n"
     )
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "prometheus.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
