@@ -42,6 +42,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")  # ASCII only: str.isdigit() accepts "²"
 
 
 class ArtifactError(Exception):
@@ -201,6 +202,12 @@ def validate_name(name: str) -> str:
     return name
 
 
+def slugify(text: str) -> str:
+    """A valid model name from free text (a dataset or folder name): "My Photos" -> "my-photos"."""
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:63]
+    return slug or "model"
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -287,7 +294,7 @@ def list_versions(models_dir: Path, name: str) -> list[int]:
     root = Path(models_dir) / name
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
 
 
 def list_models(models_dir: Path) -> dict[str, list[int]]:
@@ -353,7 +360,10 @@ def publish(tmp: Path, models_dir: Path, name: str, version: int) -> Path:
     target = Path(models_dir) / name / str(version)
     if target.exists():
         raise ArtifactError(target, "version already exists; versions are immutable")
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:  # another export published this number between check and rename
+        raise ArtifactError(target, f"could not publish ({exc.strerror}); export again") from exc
     log.info("published %s", target)
     return target
 

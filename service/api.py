@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 import anyio
 import numpy as np
 from fastapi import FastAPI
+from PIL import Image
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -34,7 +36,7 @@ from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 from handserve.images import ImageDecodeError, decode_image
-from service.errors import ApiError, is_input_error
+from service.errors import STATUS, ApiError, is_input_error
 from service.registry import LoadedModel, ModelRegistry, Pending, top_k
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,23 @@ PARAMS = ("model", "version", "top_k")
 #: decodes in tens of microseconds, less than a thread hand-off costs; big photos go to a thread
 #: so they cannot stall other requests.
 INLINE_DECODE_BYTES = 32 * 1024
+#: ... and only when the headers promise at most this many pixels in all: a few kilobytes of PNG
+#: can hold a 6000x6000 flat image whose decode would stall every other request.
+INLINE_DECODE_PIXELS = 256 * 256
+
+
+def decode_inline(blobs: list[bytes]) -> bool:
+    """Whether decoding ``blobs`` on the event loop is cheap: few bytes and few pixels."""
+    if sum(len(b) for b in blobs) > INLINE_DECODE_BYTES:
+        return False
+    pixels = 0
+    for blob in blobs:
+        try:  # Image.open reads the header only; bad data fails fast in the real decode
+            with Image.open(io.BytesIO(blob)) as img:
+                pixels += img.size[0] * img.size[1]
+        except Exception:
+            continue
+    return pixels <= INLINE_DECODE_PIXELS
 
 
 class Backend(Protocol):
@@ -243,16 +262,20 @@ _ERROR = {
         }
     },
 }
-_ERRORS = {
-    str(code): {**_ERROR, "description": f"{why}; " + str(_ERROR["description"])}
-    for code, why in (
-        (400, "not an image, truncated, too many pixels, bad parameter"),
-        (404, "unknown model or version"),
-        (413, "body over the size limit"),
-        (415, "unsupported Content-Type"),
-        (503, "not ready, or over capacity (with Retry-After)"),
-    )
-}
+
+
+def _error_responses() -> dict[str, Any]:
+    """One OpenAPI response per status the API can refuse with, listing its error codes."""
+    by_status: dict[int, list[str]] = {}
+    for code, status in sorted(STATUS.items()):
+        by_status.setdefault(status, []).append(code)
+    return {
+        str(status): {**_ERROR, "description": "error codes: " + ", ".join(codes)}
+        for status, codes in sorted(by_status.items())
+    }
+
+
+_ERRORS = _error_responses()
 
 
 def _body(batch: bool) -> dict[str, Any]:
@@ -409,7 +432,7 @@ def create_app(get_backend: Callable[[], Backend], cfg: Any) -> FastAPI:
             model = backend.registry.resolve(name, version)
             admission.acquire(len(blobs), cfg.retry_after_s)
             try:
-                if sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES:
+                if decode_inline(blobs):
                     arrays = decode_all(blobs, model, backend.metrics)
                 else:
                     arrays = await anyio.to_thread.run_sync(

@@ -111,6 +111,13 @@ class ModelRegistry:
                     sha256=model.sha256,
                 ).set(1)
         log.info("serving %s; refused %s", sorted(self.models), [r.name for r in self.refused])
+        default = self.cfg.default_model
+        if default and default not in self.models:
+            log.error(
+                "default_model %r is not served (served: %s): requests without model= get 404",
+                default,
+                ", ".join(sorted(self.models)) or "none",
+            )
 
     def _refuse(self, name: str, version: int | None, reason: str) -> None:
         log.error("refusing model %s/%s: %s", name, version, reason)

@@ -23,6 +23,7 @@ import logging
 import secrets
 import threading
 import time
+from http import HTTPStatus
 from typing import Any
 
 import anyio
@@ -153,12 +154,17 @@ class HandServe:
         try:
             await self.to_async.run_tickets(ids)  # type: ignore[attr-defined]
         except Exception as exc:
-            log.warning("batch call refused or failed: %s", exc)
-            raise ApiError(
-                "overloaded",
-                "the batcher refused the request (overloaded); retry later",
-                headers={"Retry-After": str(self.cfg.retry_after_s)},
-            ) from exc
+            if getattr(exc, "error_code", None) == HTTPStatus.SERVICE_UNAVAILABLE:
+                # BentoML's dispatcher shed the call: capacity, so the client should retry.
+                log.warning("batch call refused: %s", exc)
+                raise ApiError(
+                    "overloaded",
+                    "the batcher refused the request (overloaded); retry later",
+                    headers={"Retry-After": str(self.cfg.retry_after_s)},
+                ) from exc
+            # Anything else is a fault, not load: retrying would not help, so say so.
+            log.exception("batch call failed")
+            raise ApiError("internal", "inference failed; see the server log") from exc
         finally:
             self.tickets.drop(ids)
         if any(item.scores is None for item in items):

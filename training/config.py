@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from handserve.artifacts import validate_name
+
 Dataset = Literal["digits", "mnist", "sign_mnist", "folder"]
 Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
 Schedule = Literal["constant", "cosine", "step"]
@@ -117,6 +119,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.export_name is not None:  # fail before training, not after it
+            try:
+                validate_name(self.export_name)
+            except ValueError as exc:
+                raise ValueError(f"export_name (--export-name): {exc}") from None
 
     @property
     def flip_enabled(self) -> bool:

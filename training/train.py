@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import handserve
-from handserve import configs
+from handserve import artifacts, configs
 from handserve.artifacts import ArtifactError
 from handserve.configs import ConfigError
 from training import augment as augment_mod
@@ -377,6 +377,8 @@ def train(cfg: TrainConfig, *, verbose: int | None = None) -> TrainResult:
     )
     if len(dataset.val.y) == 0:
         raise ConfigError("validation split is empty; raise --val-fraction or --limit")
+    # The export name is checked (in config) or derived now, so --export cannot fail on it late.
+    export_name = cfg.export_name or artifacts.slugify(dataset.name)
     policy = keras.mixed_precision.global_policy().name
     try:
         with partial_run_dir(runs_dir, name) as run_dir:
@@ -395,7 +397,7 @@ def train(cfg: TrainConfig, *, verbose: int | None = None) -> TrainResult:
     if cfg.export:
         from training.export import export_run  # written by the export stage
 
-        export_dir = export_run(final, Path(cfg.models_dir), cfg.export_name or dataset.name)
+        export_dir = export_run(final, Path(cfg.models_dir), export_name)
         log.info("exported to %s", export_dir)
     return TrainResult(final, metrics, export_dir)
 
@@ -464,7 +466,7 @@ def _train_into(
         done = len(records)
         with strategy.scope():
             model_mod.unfreeze(model, cfg.fine_tune_layers)
-            _fit_phase(
+            phase2_best = _fit_phase(
                 model,
                 cfg,
                 phase=2,
@@ -474,6 +476,20 @@ def _train_into(
                 best_so_far=best,
                 **common,
             )
+        # Early stopping restores the best weights of phase 2 only; when fine-tuning never beat
+        # phase 1, the checkpoint (the best over both phases) holds the better model.
+        ckpt = run_dir / CHECKPOINT
+        phase2_losses = [r["val_loss"] for r in records[done:] if r["val_loss"] is not None]
+        if (
+            cfg.early_stopping > 0
+            and ckpt.is_file()
+            and best is not None
+            and phase2_losses
+            and min(phase2_losses) > best
+            and phase2_best is not None
+        ):
+            log.info("fine-tuning did not improve val_loss %.4f: keeping the phase-1 model", best)
+            model.load_weights(ckpt)
     elif cfg.fine_tune_epochs > 0:
         log.info("fine_tune_epochs ignored: %s from scratch trains fully in phase 1", spec.name)
 
@@ -493,6 +509,8 @@ def _train_into(
     if finite:
         best_rec = min(finite, key=lambda r: r["val_loss"])
         metrics["best_epoch"] = best_rec["epoch"]
+    # Early stopping restores the best weights; without it the model is the last epoch's.
+    metrics["weights_from"] = "best epoch" if cfg.early_stopping > 0 else "last epoch"
     confusion = metrics.pop("confusion_matrix")
 
     model.save(run_dir / "model.keras")

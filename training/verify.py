@@ -502,7 +502,7 @@ def run(args: argparse.Namespace) -> int:
             speed_seconds=args.speed_seconds,
             limit=args.limit,
         )
-    except ArtifactError as exc:
+    except (ArtifactError, ValueError) as exc:  # ValueError: DataError, ConfigError, no test split
         sys.stderr.write(f"verify failed: {exc}\n")
         return 1
     sys.stdout.write(format_table(report) + "\n")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from handserve.configs import ConfigError
 from handserve.images import ImageDecodeError
+from service import api
 from service import cli as serve_cli
 from service.api import Admission, b64decode, check_unknown, parse_params
 from service.config import ServiceConfig, env_overrides, load_service_config, to_env
@@ -158,3 +161,23 @@ def test_serve_cli_builds_bentoml_command(tmp_path) -> None:
     assert env["HANDSERVE_RUNTIME"] == "litert" and env["HANDSERVE_VERSIONS"] == "a=1"
     bad = parser.parse_args(["--versions", "a=x"])
     assert serve_cli.run(bad) == 2
+
+
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_inline_decode_only_for_few_bytes_and_few_pixels() -> None:
+    small, flat_big = _png(28, 28), _png(3000, 3000)
+    assert len(flat_big) < api.INLINE_DECODE_BYTES  # a flat image compresses to almost nothing
+    assert api.decode_inline([small, small])
+    assert not api.decode_inline([flat_big])  # its decode would stall the event loop
+    assert not api.decode_inline([small] * 2 + [b"x" * api.INLINE_DECODE_BYTES])
+
+
+def test_openapi_lists_every_error_status() -> None:
+    responses = api.OPENAPI["predict"]["openapi_extra"]["responses"]
+    assert {str(s) for s in STATUS.values()} <= set(responses)
+    assert "too_many_pixels" in responses["413"]["description"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,19 +12,33 @@ import pytest
 import requests
 import yaml
 
+from handserve import artifacts
 from tests.service.helpers import REPO, digit_png, running_server, wait_ready
 
 
 @pytest.mark.slow
-def test_bentoml_build_includes_service_models_and_dockerfile(tmp_path: Path) -> None:
+def test_bentoml_build_includes_service_models_and_dockerfile(
+    tmp_path: Path, tiny_export: Path
+) -> None:
+    # Build from a copy of the project with a real export in models/, as a user would after
+    # `handserve train --export`, so the check below sees a model that must verify.
+    project = tmp_path / "project"
+    for rel in ("bentofile.yaml", "handserve", "service", "models/README.md"):
+        src_path, dst = REPO / rel, project / rel
+        if src_path.is_dir():
+            shutil.copytree(src_path, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src_path, dst)
+    shutil.copytree(tiny_export, project / "models" / "tiny" / "1")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
     result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", str(REPO), "--output", "tag"],
+        [sys.executable, "-m", "bentoml", "build", str(project), "--output", "tag"],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=REPO,
+        cwd=project,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     bentos = list((tmp_path / "home" / "bentos" / "handserve").glob("*/bento.yaml"))
@@ -41,9 +56,10 @@ def test_bentoml_build_includes_service_models_and_dockerfile(tmp_path: Path) ->
         "models/README.md",
     ):
         assert (src / rel).is_file(), rel
-    # every published model version in models/ travels with its manifest
-    for manifest in REPO.glob("models/*/[0-9]*/manifest.json"):
-        assert (src / manifest.relative_to(REPO)).is_file()
+    # The model travels whole: every checksum in its manifest holds inside the Bento, so the
+    # packaged service can serve it (an excluded file would make it refuse the model).
+    manifest = artifacts.load_verified(src / "models" / "tiny" / "1")
+    assert manifest.name == "tiny"
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
     assert "FROM python:3.11" in dockerfile
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()

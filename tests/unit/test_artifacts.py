@@ -108,3 +108,33 @@ def test_contract_modules_do_not_import_tensorflow() -> None:
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_only_ascii_version_numbers_are_versions(tmp_path: Path) -> None:
+    _publish_fake(tmp_path)
+    (tmp_path / "digits" / "²").mkdir()  # str.isdigit() says True; int() would raise
+    (tmp_path / "digits" / "007").mkdir()
+    assert artifacts.list_versions(tmp_path, "digits") == [1]
+
+
+def test_a_lost_publish_race_is_an_artifact_error(tmp_path: Path, monkeypatch) -> None:
+    def taken(src, dst):
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(artifacts.os, "rename", taken)
+    with artifacts.staging(tmp_path, "digits") as tmp, pytest.raises(ArtifactError, match="again"):
+        artifacts.publish(tmp, tmp_path, "digits", 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "slug"),
+    [
+        ("sign_mnist", "sign_mnist"),
+        ("My Photos", "my-photos"),
+        ("__", "model"),
+        ("Ünïcode!", "n-code"),
+    ],
+)
+def test_slugify_makes_valid_names(text: str, slug: str) -> None:
+    assert artifacts.slugify(text) == slug
+    assert artifacts.validate_name(artifacts.slugify(text))

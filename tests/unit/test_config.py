@@ -103,3 +103,8 @@ def test_flip_defaults_off_except_for_folders() -> None:
     assert not TrainConfig(dataset="digits").flip_enabled
     assert TrainConfig(dataset="folder").flip_enabled
     assert TrainConfig(dataset="sign_mnist", flip=True).flip_enabled
+
+
+def test_bad_export_name_fails_before_training() -> None:
+    with pytest.raises(ValueError, match="--export-name"):
+        TrainConfig(export_name="My Model")
