@@ -87,6 +87,7 @@ class TrainConfig:
     # A fresh network's BatchNorm moving statistics lag for the first few hundred steps, so its
     # validation loss looks worse than it is; without a warm-up, early stopping on a small
     # dataset stopped at epoch 6 and restored the epoch-1 model (10% accuracy on digits).
+    # (and never before 500 training steps: see training.train.early_stopping_start).
     early_stopping_start: int = _f(5, "epochs before early stopping may end phase 1")
     checkpoint: bool = _f(True, "save the best model (by validation loss) during training")
     mixed_precision: bool = _f(False, "mixed float16 (GPU only; ignored on CPU with a warning)")

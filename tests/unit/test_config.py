@@ -108,3 +108,11 @@ def test_flip_defaults_off_except_for_folders() -> None:
 def test_bad_export_name_fails_before_training() -> None:
     with pytest.raises(ValueError, match="--export-name"):
         TrainConfig(export_name="My Model")
+
+
+def test_early_stopping_waits_for_batchnorm_statistics() -> None:
+    from training.train import BN_SETTLE_STEPS, early_stopping_start
+
+    cfg = TrainConfig(early_stopping_start=5)
+    assert early_stopping_start(cfg, steps_per_epoch=41) * 41 >= BN_SETTLE_STEPS  # small data
+    assert early_stopping_start(cfg, steps_per_epoch=422) == 5  # MNIST-sized: the configured 5
