@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         # Folder datasets have no native size: default to the one the model was trained on.
         _defaults_from_model(model_file, overrides)
         cfg = configs.load(TrainConfig, None, overrides)
-        report = evaluate(target, cfg)
+        report = evaluate(model_file, cfg)
     except (DataError, ConfigError) as exc:
         _say(f"error: {exc}", err=True)
         return 2

@@ -114,6 +114,14 @@ def test_registry_refuses_corrupted_model_and_serves_the_rest(models_dir, tmp_pa
     assert reg.describe()["refused"][0]["reason"]
 
 
+def _ready_backend(cfg: ServiceConfig) -> LocalBackend:
+    """Models loaded and marked ready, as the service does at start-up."""
+    reg = ModelRegistry(cfg)
+    reg.load_all()
+    reg.mark_ready()
+    return LocalBackend(reg)
+
+
 @pytest.fixture(scope="module", params=RUNTIMES)
 def client(request, models_dir: Path):
     cfg = ServiceConfig(
@@ -123,10 +131,7 @@ def client(request, models_dir: Path):
         max_batch_images=4,
         warmup_batches=1,
     )
-    reg = ModelRegistry(cfg)
-    reg.load_all()
-    reg.mark_ready()
-    backend = LocalBackend(reg)
+    backend = _ready_backend(cfg)
     with TestClient(create_app(lambda: backend, cfg)) as c:
         yield c
 
@@ -189,10 +194,7 @@ def test_app_refuses_beyond_capacity_with_retry_after(models_dir: Path) -> None:
         retry_after_s=3,
         warmup_batches=0,
     )
-    reg = ModelRegistry(cfg)
-    reg.load_all()
-    reg.mark_ready()
-    backend = LocalBackend(reg)
+    backend = _ready_backend(cfg)
     app = create_app(lambda: backend, cfg)
     imgs = [base64.b64encode(digit_png(i)).decode() for i in range(3)]
     with TestClient(app) as c:
