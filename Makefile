@@ -33,11 +33,12 @@ format: $(STAMP)
 bench: bench-train bench-export bench-serve
 
 bench-train: $(STAMP)
-	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/train_bench.py all
 
 bench-export: $(STAMP)
 	$(BIN)/python benchmarks/export_parity.py
 
+# bench-serve measures the newest export in models/ (make run makes one)
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py
 
