@@ -4,8 +4,9 @@ One implementation on both sides means a photo is turned into model input exactl
 when the model is trained on a folder and when it is served, so the two cannot drift. This module
 imports Pillow and NumPy only (no TensorFlow), so a LiteRT-only server can use it.
 
-The steps, in order: decode (first frame of an animation), apply the EXIF orientation, composite
-any alpha channel on white, convert to the model's colour mode, resize to the model's native size.
+The steps, in order: check the format is on the allowlist, decode (first frame of an animation),
+scale high-bit-depth pixels to 8 bits, apply the EXIF orientation, composite any alpha channel on
+white, convert to the model's colour mode, resize to the model's native size.
 """
 
 from __future__ import annotations
@@ -21,6 +22,31 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 #: Extensions the folder loader picks up (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 
+#: Pillow format names the decoder accepts; every other plugin is never even tried, so an upload
+#: cannot reach Ghostscript (EPS), libtiff's many codecs or any rarely exercised reader. TIFF is
+#: left out on purpose: the documented formats are these five, and TIFF's float and 32-bit sample
+#: formats have no agreed 0-255 meaning.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+
+_ACCEPTED = "PNG, JPEG, WebP, BMP or GIF"
+
+#: Leading bytes of formats Pillow (or a user) might expect to work, to name them in the refusal.
+#: Only for the message: refusal itself comes from ``Image.open(..., formats=ALLOWED_FORMATS)``.
+_KNOWN_REFUSED: tuple[tuple[bytes, str], ...] = (
+    (b"%!PS", "EPS/PostScript"),
+    (b"\xc5\xd0\xd3\xc6", "EPS/PostScript"),  # DOS EPS binary header
+    (b"%PDF", "PDF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"\x89HDF", "HDF5"),
+)
+
 #: Default cap on decoded pixels: a 40-megapixel photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -31,8 +57,9 @@ class ImageDecodeError(ValueError):
     """An input that is not a usable image.
 
     Attributes:
-        code: a short machine-readable reason (``empty``, ``not_an_image``, ``truncated``,
-            ``too_many_pixels``), used as the error code in the service and as a metric label.
+        code: a short machine-readable reason (``empty``, ``not_an_image``,
+            ``unsupported_format``, ``truncated``, ``too_many_pixels``), used as the error code
+            in the service and as a metric label.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -55,10 +82,13 @@ class ImageSpec:
 
 
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode bytes into an upright RGB or L Pillow image, refusing what is not a sane image.
+    """Decode bytes into an upright 8-bit RGB or L Pillow image, refusing what is not a sane image.
+
+    Only :data:`ALLOWED_FORMATS` are tried, before any pixel is decoded; 16-bit and other
+    high-bit-depth images are scaled to 0-255 like the 8-bit version of the same picture.
 
     Args:
-        data: the encoded file (PNG, JPEG, WebP, BMP, GIF, ...).
+        data: the encoded file (PNG, JPEG, WebP, BMP or GIF).
         max_pixels: refuse images whose width × height exceeds this before decoding the pixels,
             so a small file that expands to gigabytes (a decompression bomb) costs nothing.
 
@@ -71,7 +101,7 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
         with warnings.catch_warnings():
             # Pillow warns (not raises) between MAX_IMAGE_PIXELS and 2×; we enforce our own cap.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
@@ -86,15 +116,70 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("too_many_pixels", f"the image has too many pixels: {exc}") from exc
     except UnidentifiedImageError as exc:
+        kind = _refused_kind(data)
+        if kind is not None:
+            raise ImageDecodeError(
+                "unsupported_format", f"{kind} is not accepted; send {_ACCEPTED}"
+            ) from exc
         raise ImageDecodeError(
-            "not_an_image", "the data is not an image Pillow can read (PNG, JPEG, WebP, BMP, GIF)"
+            "not_an_image", f"the data is not an image in an accepted format ({_ACCEPTED})"
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError("truncated", f"the image is truncated or corrupt: {exc}") from exc
+    img = _to_8bit(img)
     # A broken EXIF block should not lose an otherwise good image.
     with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img) or img
     return _flatten_alpha(img)
+
+
+def _refused_kind(data: bytes) -> str | None:
+    """Name the format of a refused file from its first bytes, or None when it is not one we know.
+
+    Cheap and never decodes anything: it only makes the refusal say what was sent.
+    """
+    head = data[:16]
+    for magic, kind in _KNOWN_REFUSED:
+        if head.startswith(magic):
+            return kind
+    if head[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00") and head[4:6] != b"\x00\x00":
+        # ICO/CUR: reserved 0, type, then a non-zero icon count (a TGA header can start alike)
+        return "ICO" if head[2] == 1 else "CUR"
+    if head[4:8] == b"ftyp":  # ISO media file: size, "ftyp", brand
+        brand = head[8:12]
+        if brand.startswith(b"avi"):
+            return "AVIF"
+        if brand.startswith((b"hei", b"mif1", b"msf1", b"hev")):
+            return "HEIC/HEIF"
+    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"1234567" and head[2:3].isspace():
+        return "PNM (PBM/PGM/PPM)"
+    return None
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale a high-bit-depth image (``I;16*``, ``I``, ``F``) to 8-bit ``L``.
+
+    Pillow's ``convert("L")`` clips these modes instead of scaling them, so a 16-bit PNG of a digit
+    turned into a black-and-white mess that the model still answered. The values are taken on the
+    16-bit scale (0-65535, what PNG stores and what Pillow keeps for ``I`` and ``F`` converted from
+    it) and mapped to ``round(value * 255 / 65535)``: exactly the 8-bit picture a 16-bit one was
+    widened from by ``value * 257``. Values outside 0-65535 are clipped. 16-bit RGB(A) PNGs need
+    nothing here: Pillow already opens them as 8-bit ``RGB``/``RGBA`` (top byte of each sample).
+    """
+    if not (img.mode.startswith("I") or img.mode == "F"):
+        return img
+    arr = np.asarray(img)
+    if arr.dtype.kind == "f":
+        scaled = np.rint(np.clip(np.nan_to_num(arr, nan=0.0), 0, 65535) * (255 / 65535))
+        out = scaled.astype(np.uint8)
+    else:
+        # uint32 holds 65535 * 255 + 32767; in place, so a 40-megapixel image costs ~160 MB once.
+        wide = (arr if arr.dtype.kind == "u" else np.clip(arr, 0, 65535)).astype(np.uint32)
+        wide *= 255
+        wide += 32767
+        wide //= 65535
+        out = wide.astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -111,7 +196,12 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
 
 
 def to_array(img: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """Convert colour mode and resize (bilinear) to ``spec``: a ``uint8`` array of H×W×C."""
+    """Convert colour mode and resize (bilinear) to ``spec``: a ``uint8`` array of H×W×C.
+
+    High-bit-depth images are scaled, not clipped (see :func:`open_image`), also when the image did
+    not come from :func:`open_image`.
+    """
+    img = _to_8bit(img)
     mode = "L" if spec.channels == 1 else "RGB"
     if img.mode != mode:
         img = img.convert(mode)
@@ -137,7 +227,8 @@ def decode_image(
         ``uint8`` array of shape ``(spec.height, spec.width, spec.channels)``, values 0–255.
 
     Raises:
-        ImageDecodeError: the data is empty, not an image, truncated or too large.
+        ImageDecodeError: the data is empty, not an image, in a refused format, truncated or too
+            large.
     """
     return to_array(open_image(data, max_pixels=max_pixels), spec)
 

@@ -8,9 +8,17 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
-from handserve.images import ImageDecodeError, ImageSpec, decode_image, encode_png, open_image
+from handserve.images import (
+    ALLOWED_FORMATS,
+    ImageDecodeError,
+    ImageSpec,
+    decode_image,
+    encode_png,
+    open_image,
+    to_array,
+)
 
 GREY = ImageSpec(28, 28, 1)
 RGB = ImageSpec(32, 24, 3)
@@ -25,7 +33,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 # Every format with every mode it can store (JPEG: no alpha or palette; BMP: no RGBA in Pillow).
 FORMAT_MODES = [
     (fmt, mode)
-    for fmt in ("PNG", "JPEG", "WEBP", "BMP", "GIF")
+    for fmt in ALLOWED_FORMATS
     for mode in ("RGB", "L", "RGBA", "P")
     if not (fmt == "JPEG" and mode in ("RGBA", "P")) and not (fmt == "BMP" and mode == "RGBA")
 ]
@@ -111,3 +119,133 @@ def _png_claiming(width: int, height: int) -> bytes:
 def test_png_round_trip() -> None:
     arr = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
     np.testing.assert_array_equal(decode_image(encode_png(arr), GREY), arr)
+
+
+def test_allowed_formats_are_the_documented_five_and_known_to_pillow() -> None:
+    assert set(ALLOWED_FORMATS) == {"PNG", "JPEG", "WEBP", "BMP", "GIF"}
+    Image.init()
+    assert set(ALLOWED_FORMATS) <= set(Image.OPEN)  # a typo would silently refuse a format
+
+
+# -- high bit depth: scaled like the 8-bit picture, never clipped --------------------------------
+
+GRADIENT = np.arange(256, dtype=np.uint8).reshape(16, 16)  # every 8-bit level once
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda a: Image.fromarray(a.astype(np.uint16) * 257), id="I;16"),
+        pytest.param(
+            lambda a: Image.frombytes("I;16B", (16, 16), (a.astype(">u2") * 257).tobytes()),
+            id="I;16B",
+        ),
+        pytest.param(lambda a: Image.fromarray(a.astype(np.int32) * 257), id="I"),
+        pytest.param(lambda a: Image.fromarray(a.astype(np.float32) * 257), id="F"),
+    ],
+)
+def test_high_bit_depth_modes_scale_back_to_the_8bit_values(make) -> None:
+    img = make(GRADIENT)
+    assert img.mode in ("I;16", "I;16B", "I", "F")
+    for spec in (ImageSpec(16, 16, 1), ImageSpec(16, 16, 3)):
+        arr = to_array(img, spec)
+        assert arr.dtype == np.uint8
+        for c in range(spec.channels):
+            np.testing.assert_array_equal(arr[:, :, c], GRADIENT)
+
+
+def test_16bit_values_are_rounded_and_out_of_range_values_clipped() -> None:
+    values = np.array([[-5, 0, 128, 129, 385, 65535, 70000, 1 << 30]], dtype=np.int32)
+    arr = to_array(Image.fromarray(values), ImageSpec(1, 8, 1))[0, :, 0]
+    # round(v * 255 / 65535): 128 -> 0.498 -> 0, 129 -> 0.502 -> 1, 385 -> 1.498 -> 1
+    assert arr.tolist() == [0, 0, 0, 1, 1, 255, 255, 255]
+
+
+def test_16bit_greyscale_png_opens_as_8bit_l() -> None:
+    data = _encode(Image.fromarray(GRADIENT.astype(np.uint16) * 257), "PNG")
+    img = open_image(data)
+    assert img.mode == "L"
+    np.testing.assert_array_equal(np.asarray(img), GRADIENT)
+
+
+def _png16(samples: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG by hand (Pillow cannot write 16-bit RGB): samples is H×W×C ``uint16``."""
+    h, w = samples.shape[:2]
+    raw = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16bit_rgb_png_decodes_like_the_8bit_rgb_png() -> None:
+    rgb8 = np.stack([GRADIENT, 255 - GRADIENT, GRADIENT // 2], axis=-1)
+    data16 = _png16(rgb8.astype(np.uint16) * 257, color_type=2)
+    spec = ImageSpec(16, 16, 3)
+    np.testing.assert_array_equal(
+        decode_image(data16, spec), decode_image(_encode(Image.fromarray(rgb8), "PNG"), spec)
+    )
+
+
+# -- format allowlist: refused before any pixel is decoded ---------------------------------------
+
+
+class _GhostscriptCalled(Exception):
+    pass
+
+
+@pytest.fixture
+def no_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any use of Ghostscript fail the test loudly (it is not an ImageDecodeError)."""
+
+    def ghostscript(*_args: object, **_kwargs: object) -> None:
+        raise _GhostscriptCalled
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", ghostscript)
+
+
+def _saved(fmt: str) -> bytes:
+    return _encode(Image.new("RGB", (8, 8), (10, 20, 30)), fmt)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        pytest.param(
+            b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n",
+            "EPS/PostScript",
+            id="eps",
+        ),
+        pytest.param(b"\xc5\xd0\xd3\xc6" + bytes(28), "EPS/PostScript", id="dos-eps"),
+        pytest.param(_saved("TIFF"), "TIFF", id="tiff"),
+        pytest.param(_saved("ICO"), "ICO", id="ico"),
+        pytest.param(_saved("PPM"), "PNM", id="ppm"),
+        pytest.param(b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n", "PDF", id="pdf"),
+    ],
+)
+def test_formats_outside_the_allowlist_are_refused_by_name(
+    data: bytes, kind: str, no_ghostscript: None
+) -> None:
+    for spec in (GREY, RGB):
+        with pytest.raises(ImageDecodeError) as err:
+            decode_image(data, spec)
+        assert err.value.code == "unsupported_format"
+        assert kind in err.value.message
+        assert "send PNG, JPEG, WebP, BMP or GIF" in err.value.message
+
+
+def test_unrecognised_format_pillow_could_read_is_not_an_image() -> None:
+    # TGA has no magic bytes to name it by: refused as not an image in an accepted format.
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(_saved("TGA"), GREY)
+    assert err.value.code == "not_an_image"
+    assert "PNG" in err.value.message
