@@ -68,10 +68,13 @@ def run(args: argparse.Namespace) -> int:
         print(" ".join(cmd))  # noqa: T201 - CLI output
         return 0
     log.info("starting %s with %s", " ".join(cmd), shown)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 130
+    # Become the server: signals sent to this PID (SIGTERM from a supervisor, Ctrl-C) reach
+    # `bentoml serve` itself, which shuts its workers down gracefully. A child process would
+    # leave the server running when only this wrapper is stopped.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
 
 
 def free_port() -> int:

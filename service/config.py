@@ -42,15 +42,17 @@ class ServiceConfig:
     runtime: Runtime = _f("auto", "auto, litert or savedmodel")
     # float32 is the exact export; int8 measured slower on these CPUs (docs/service.md).
     litert_file: str = _f("model.tflite", "which .tflite of the version folder LiteRT runs")
-    # Two cores here: one interpreter using both is the fastest single batch.
-    num_threads: int = _f(2, "LiteRT interpreter threads (XNNPACK)")
+    # LiteRT runs requests in parallel on a pool of interpreters, one per core, each with one
+    # thread: on 2 cores two 1-thread interpreters beat one 2-thread interpreter (docs/service.md).
+    interpreters: int = _f(0, "LiteRT interpreters per model (0: one per usable CPU)")
+    num_threads: int = _f(1, "threads per LiteRT interpreter (XNNPACK)")
     # A few batches compile kernels and fill caches before /readyz turns 200.
     warmup_batches: int = _f(3, "dummy batches run per model before ready")
     # Testing knob: proves /readyz waits for warm-up. Leave at 0 in production.
     warmup_delay_s: float = _f(0.0, "extra sleep after warm-up before ready (tests)")
 
-    # --- batching (BentoML adaptive batching)
-    # Large enough to amortise per-call cost, small enough for a CPU to finish in a few ms.
+    # --- batching (BentoML adaptive batching; SavedModel runtime only, LiteRT does not gain)
+    # Large enough to amortise per-call cost (TensorFlow's throughput grows to batch 32-128).
     max_batch_size: int = _f(64, "largest batch BentoML's dispatcher forms, in images")
     # BentoML cancels (503 "overloaded") a request it predicts will exceed this; our own
     # admission control refuses earlier, so this is a last-resort deadline, not a target.
@@ -59,7 +61,8 @@ class ServiceConfig:
     # --- process
     # One worker: a second process doubles memory and splits batches on a 2-core machine.
     workers: int = _f(1, "BentoML worker processes")
-    # Threads for sync API work (the batch function); batches run one at a time anyway.
+    # BentoML's threads for sync API methods; every route here is async (models run in
+    # anyio's worker threads, bounded by the interpreter pool), so this matters little.
     threads: int = _f(2, "BentoML threads per worker")
     timeout_s: float = _f(30.0, "request timeout (BentoML traffic.timeout)")
     # Images admitted and not yet answered, per worker; beyond it requests get 503 +
@@ -72,6 +75,9 @@ class ServiceConfig:
 
     # --- inputs
     max_body_bytes: int = _f(10 * 1024 * 1024, "largest request body, bytes (413 beyond)")
+    # A client that stalls mid-body would otherwise hold a slot until timeout_s. A photo of a
+    # few hundred kB arrives in well under a second; raise this for large bodies on slow links.
+    body_timeout_s: float = _f(5.0, "seconds to receive the whole body (408 beyond)")
     max_pixels: int = _f(DEFAULT_MAX_PIXELS, "largest decoded image, width*height")
     max_batch_images: int = _f(64, "most images in one /predict_batch request")
     top_k: int = _f(5, "predictions returned when the request gives no top_k")
@@ -79,6 +85,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.num_threads >= 1, "num_threads must be at least 1"),
+            (self.interpreters >= 0, "interpreters must be >= 0 (0: one per CPU)"),
+            (self.body_timeout_s > 0, "body_timeout_s must be positive"),
             (self.warmup_batches >= 0, "warmup_batches must be >= 0"),
             (self.warmup_delay_s >= 0, "warmup_delay_s must be >= 0"),
             (self.max_batch_size >= 1, "max_batch_size must be at least 1"),

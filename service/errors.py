@@ -25,11 +25,14 @@ STATUS: dict[str, int] = {
     "bad_parameter": 422,
     "unknown_field": 422,
     "unsupported_media_type": 415,
+    "unsupported_format": 415,
+    "body_timeout": 408,
     "unknown_model": 404,
     "unknown_version": 404,
     "not_found": 404,
     "method_not_allowed": 405,
     "not_ready": 503,
+    "model_unavailable": 503,
     "overloaded": 503,
     "timeout": 504,
     "internal": 500,
@@ -60,6 +63,7 @@ def is_input_error(code: str) -> bool:
     """Refusals caused by what the client sent (counted in rejected_inputs_total)."""
     return code not in (
         "not_ready",
+        "model_unavailable",
         "overloaded",
         "timeout",
         "internal",

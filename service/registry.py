@@ -1,4 +1,4 @@
-"""The models a worker serves: load, verify, warm up, resolve requests, run batches.
+"""The models a worker serves: load, verify, warm up, resolve requests, describe them.
 
 Every model name in the models folder is loaded at its latest version (or the pinned one),
 after :func:`handserve.artifacts.load_verified` has checked every checksum and the runtime's
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ import numpy as np
 
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, Manifest
+from handserve.runtimes import Runtime, available_cpus, choose_runtime_name, open_runtime
 from service.config import ServiceConfig
 from service.errors import ApiError
-from service.runtimes import Runtime, build_runtime, choose_runtime_name
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +46,6 @@ class RefusedModel:
     reason: str
 
 
-@dataclass
-class Pending:
-    """One image waiting for its batch: what the batch function needs and fills in."""
-
-    model: LoadedModel
-    image: np.ndarray  # uint8 (H, W, C)
-    enqueued: float = field(default_factory=time.perf_counter)
-    scores: np.ndarray | None = None
-    warmup: bool = False  # warm-up items are kept out of the metrics
-
-
 def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
     """The ``k`` best classes, highest score first; ties keep index order (stable sort)."""
     k = max(1, min(int(k), len(labels)))
@@ -74,6 +62,7 @@ class ModelRegistry:
         self.models: dict[str, LoadedModel] = {}
         self.refused: list[RefusedModel] = []
         self.runtime_name: str | None = None
+        self.names: list[str] = []  # every model of the folder (and pinned), served or not
         self._ready = threading.Event()
         self.load_error: str | None = None
 
@@ -93,7 +82,8 @@ class ModelRegistry:
             log.warning("no models found in %s", root.resolve())
         for name in self.cfg.versions:
             if name not in available:
-                self._refuse(name, self.cfg.versions[name], f"pinned, but {root / name} is absent")
+                self._refuse(name, self.cfg.versions[name], f"pinned, but {name}/ is absent")
+        self.names = sorted(set(available) | set(self.cfg.versions))
         self.runtime_name = choose_runtime_name(self.cfg.runtime)
         log.info("runtime: %s (requested %s)", self.runtime_name, self.cfg.runtime)
         for name in available:
@@ -111,29 +101,39 @@ class ModelRegistry:
                     sha256=model.sha256,
                 ).set(1)
         log.info("serving %s; refused %s", sorted(self.models), [r.name for r in self.refused])
-        default = self.cfg.default_model
+        default = self.default_name()
         if default and default not in self.models:
             log.error(
-                "default_model %r is not served (served: %s): requests without model= get 404",
+                "the default model %r is not served (served: %s): requests without model= "
+                "get 503 model_unavailable",
                 default,
                 ", ".join(sorted(self.models)) or "none",
             )
 
     def _refuse(self, name: str, version: int | None, reason: str) -> None:
         log.error("refusing model %s/%s: %s", name, version, reason)
-        self.refused.append(RefusedModel(name, version, reason))
+        # Clients see the reason in /models and in 503s: paths relative to the models folder,
+        # never where the server keeps its files.
+        for prefix in {str(Path(self.cfg.models_dir).resolve()), str(self.cfg.models_dir)}:
+            reason = reason.replace(prefix.rstrip("/") + "/", "")
+        self.refused.append(RefusedModel(name, version, reason[:500]))
+
+    @property
+    def workers(self) -> int:
+        """Interpreters per LiteRT model: the configured number, or one per usable CPU."""
+        return self.cfg.interpreters or available_cpus()
 
     def _load_one(self, root: Path, name: str, version: int) -> LoadedModel:
         vdir = artifacts.version_dir(root, name, version)
         manifest = artifacts.load_verified(vdir)
         assert self.runtime_name is not None
-        runtime = build_runtime(
+        runtime = open_runtime(
             vdir,
             manifest,
             runtime=self.runtime_name,
             litert_file=self.cfg.litert_file,
             num_threads=self.cfg.num_threads,
-            max_batch=self.cfg.max_batch_size,
+            instances=self.workers,
         )
         file = runtime.file if runtime.name == "litert" else "saved_model/saved_model.pb"
         sha = next((e.sha256 for e in manifest.files if e.path == file), "")
@@ -143,10 +143,20 @@ class ModelRegistry:
         return model
 
     def warm_up(self, model: LoadedModel) -> None:
-        """Run dummy batches at a few sizes so the first requests do not pay for setup."""
+        """Run dummy batches of the sizes traffic will bring, on every interpreter of the pool.
+
+        LiteRT builds an interpreter per batch size on first use and the SavedModel traces a
+        graph per shape; doing it here keeps that cost out of the first requests.
+        """
         shape = model.manifest.input.shape
-        sizes = sorted({1, min(8, self.cfg.max_batch_size), self.cfg.max_batch_size})
-        for _ in range(self.cfg.warmup_batches):
+        if model.runtime.name == "litert":
+            # the parallel engine splits a /predict_batch request across the pool
+            largest = -(-self.cfg.max_batch_images // self.workers)
+            copies = self.workers
+        else:
+            largest, copies = self.cfg.max_batch_size, 1
+        sizes = sorted({1, min(8, largest), largest})
+        for _ in range(self.cfg.warmup_batches * copies):
             for n in sizes:
                 out = model.runtime.predict(np.zeros((n, *shape), np.uint8))
                 if out.shape != (n, model.manifest.num_classes):
@@ -157,22 +167,40 @@ class ModelRegistry:
                         "labels",
                     )
 
-    # ------------------------------------------------------------------ requests
     def default_name(self) -> str | None:
+        """The configured default model, else the first model of the folder by name.
+
+        The first of *all* models found, served or refused: if the default is refused,
+        requests that name no model must learn that, not get another model's labels.
+        """
         if self.cfg.default_model:
             return self.cfg.default_model
-        return next(iter(sorted(self.models)), None)
+        return next(iter(self.names), None)
 
     def resolve(self, name: str | None, version: int | None) -> LoadedModel:
-        """The model a request asks for; ApiError 404 when it is not served."""
+        """The model a request asks for.
+
+        Raises:
+            ApiError: 404 when no such model or version is served; 503 ``model_unavailable``
+                when the default model was refused at start (with the reason).
+        """
+        asked = name
         name = name or self.default_name()
         if name is None:
             raise ApiError("unknown_model", "no model is being served")
         model = self.models.get(name)
         if model is None:
             refused = next((r for r in self.refused if r.name == name), None)
-            why = f" (refused at start: {refused.reason})" if refused else ""
             served = ", ".join(sorted(self.models)) or "none"
+            if asked is None:
+                why = f"refused at start: {refused.reason}" if refused else "it is not served"
+                raise ApiError(
+                    "model_unavailable",
+                    f"the default model {name!r} is unavailable ({why}); name another model "
+                    f"with model= (served: {served})",
+                    headers={"Retry-After": "60"},
+                )
+            why = f" (refused at start: {refused.reason})" if refused else ""
             raise ApiError("unknown_model", f"model {name!r} is not served{why}; served: {served}")
         if version is not None and version != model.version:
             raise ApiError(
@@ -180,35 +208,6 @@ class ModelRegistry:
                 f"model {name!r} version {version} is not served; served version: {model.version}",
             )
         return model
-
-    def run_batch(self, items: list[Pending]) -> None:
-        """Run one dispatcher batch: group by model, one runtime call per group, fill scores."""
-        start = time.perf_counter()
-        groups: dict[tuple[str, int], list[Pending]] = {}
-        for item in items:
-            groups.setdefault((item.model.name, item.model.version), []).append(item)
-        for group in groups.values():
-            model = group[0].model
-            t0 = time.perf_counter()
-            scores = model.runtime.predict(np.stack([p.image for p in group]))
-            elapsed = time.perf_counter() - t0
-            for item, row in zip(group, scores, strict=True):
-                item.scores = row
-            real = [p for p in group if not p.warmup]
-            if self.metrics is None or not real:
-                continue
-            m = self.metrics
-            m.inference_seconds.labels(
-                model=model.name, version=model.version_label, runtime=model.runtime.name
-            ).observe(elapsed)
-            m.batch_size.labels(model=model.name).observe(len(real))
-            for item in real:
-                m.batch_wait_seconds.observe(max(0.0, start - item.enqueued))
-                assert item.scores is not None
-                label = model.manifest.labels[int(np.argmax(item.scores))]
-                m.predictions.labels(
-                    model=model.name, version=model.version_label, label=label
-                ).inc()
 
     def describe(self) -> dict[str, Any]:
         """``GET /models``: what is served, with its contract and metrics, and what was refused."""

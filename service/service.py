@@ -1,112 +1,120 @@
 """The BentoML service: ``bentoml serve service.service:HandServe``.
 
-Design (docs/service.md has the why):
+Every public endpoint is a typed route on the :class:`HandServe` class below (FastAPI class
+views, which BentoML binds to the service instance), so the OpenAPI document comes from the
+types in :mod:`service.schemas`. A predict request travels one way and each step returns its
+result to the caller:
 
-* The public API is a Starlette app (:mod:`service.api`) mounted with ``@bentoml.asgi_app``:
-  it parses the three input forms, decodes with the shared :func:`handserve.images.decode_image`
-  and answers every refusal as JSON.
-* BentoML only batches calls that pass through its HTTP dispatcher, so the front calls the
-  batchable API ``infer`` through the service's own in-process client (``self.to_async``, an
-  ASGI transport, no socket). What travels is a list of ticket numbers, not pixels: the
-  decoded arrays stay in this worker's :class:`Tickets` and the batch function picks them up.
-* Models load in a background task so ``/livez`` answers at once; ``__is_ready__`` makes
-  ``/readyz`` 503 until every model is verified and warm and the dispatcher has been warmed.
+    parse (service.parsing) -> resolve the model (service.registry)
+        -> decode and run (service.inference: a pool of LiteRT interpreters in parallel, or
+           BentoML's adaptive batching for TensorFlow SavedModel) -> answer
 
-Configuration comes from ``$HANDSERVE_CONFIG`` and ``HANDSERVE_*`` variables (read at import,
-because BentoML's decorators need the batching and worker numbers).
+Models load in a background task so ``/livez`` answers at once; ``__is_ready__`` makes
+``/readyz`` 503 until every model is verified and warm. Configuration comes from
+``$HANDSERVE_CONFIG`` and ``HANDSERVE_*`` variables (read at import, because BentoML's
+decorator needs the worker numbers); docs/service.md has the why of each choice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import threading
-import time
-from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import anyio
 import bentoml
 import numpy as np
+from fastapi import FastAPI, Query
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from service import metrics as metrics_mod
-from service.api import create_app
-from service.config import load_service_config
-from service.errors import ApiError
-from service.registry import ModelRegistry, Pending
+from service.config import ServiceConfig, load_service_config
+from service.errors import STATUS, ApiError, is_input_error
+from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
+from service.parsing import check_query, parse_request
+from service.registry import LoadedModel, ModelRegistry, top_k
+from service.schemas import (
+    ErrorResponse,
+    ModelName,
+    Params,
+    PositiveInt,
+    PredictBatchResponse,
+    PredictResponse,
+    describe_validation,
+    request_body,
+)
 
 log = logging.getLogger("handserve.service")
 
 CONFIG = load_service_config()
+STATIC_DIR = Path(__file__).parent / "static"
 
+app = FastAPI(
+    title="handserve",
+    # BentoML serves the merged OpenAPI document and Swagger page; FastAPI's would clash.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
-class Tickets:
-    """Pending images of this worker by random ticket number (unguessable from outside)."""
+#: One OpenAPI response per status the API can refuse with, listing its error codes.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "model": ErrorResponse,
+        "description": "error codes: "
+        + ", ".join(c for c, s in sorted(STATUS.items()) if s == status),
+    }
+    for status in sorted(set(STATUS.values()))
+}
 
-    def __init__(self) -> None:
-        self._items: dict[int, Pending] = {}
-        self._lock = threading.Lock()
-
-    def add(self, items: list[Pending]) -> list[int]:
-        with self._lock:
-            ids = []
-            for item in items:
-                tid = secrets.randbits(62)
-                self._items[tid] = item
-                ids.append(tid)
-            return ids
-
-    def get(self, ids: list[int]) -> list[Pending | None]:
-        with self._lock:
-            return [self._items.get(i) for i in ids]
-
-    def drop(self, ids: list[int]) -> None:
-        with self._lock:
-            for i in ids:
-                self._items.pop(i, None)
-
-
-def _current() -> HandServe:
-    return bentoml.get_current_service()
-
-
-app = create_app(_current, CONFIG)
+QueryModel = Annotated[
+    ModelName | None, Query(description="model name (default: the default model)")
+]
+QueryVersion = Annotated[PositiveInt | None, Query(description="model version (default: latest)")]
+QueryTopK = Annotated[PositiveInt | None, Query(description="classes to return, best first")]
 
 
 @bentoml.service(
     name="handserve",
     workers=CONFIG.workers,
     threads=CONFIG.threads,
-    # No traffic.max_concurrency: it would count the in-process infer calls too and shed them;
-    # admission control in service.api refuses beyond capacity instead.
     traffic={"timeout": CONFIG.timeout_s},
     logging={"access": {"enabled": CONFIG.access_log}},
-    # The in-process client recycles its aiohttp session every max_requests calls and closes the
-    # old one under in-flight calls ("Can not write request body" -> lost requests under load,
-    # measured in BentoML 1.4.39). The session is in-process (no socket), so never recycle it.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9},
 )
 @bentoml.asgi_app(app, path="/")
 class HandServe:
-    """Image classification over REST: every model of the models folder, adaptively batched."""
+    """Image classification over REST: every model of the models folder, verified and warm."""
 
-    def __init__(self) -> None:
-        self.cfg = CONFIG
-        self.metrics = metrics_mod.create(CONFIG.max_batch_size)
-        self.registry = ModelRegistry(CONFIG, self.metrics)
-        self.tickets = Tickets()
+    def __init__(self, cfg: ServiceConfig | None = None, metrics_registry: Any = None) -> None:
+        """BentoML calls this with no arguments; in-process tests pass their own config and
+        Prometheus registry (metrics may be registered once per registry)."""
+        self.cfg = cfg or CONFIG
+        self.metrics = metrics_mod.create(self.cfg.max_batch_size, metrics_registry)
+        self.registry = ModelRegistry(self.cfg, self.metrics)
+        self.admission = Admission(self.cfg.max_inflight_images, self.cfg.retry_after_s)
+        self.engine: Engine | None = None  # chosen once the runtime is known
         self._loader: asyncio.Task[None] | None = None
+        app.state.metrics = self.metrics
 
+    # ------------------------------------------------------------------ lifecycle
     @bentoml.on_startup
     async def _start_loading(self) -> None:
         """Load in the background: the server must accept /livez while models load."""
-        self._loader = asyncio.get_running_loop().create_task(self._load())
+        self._loader = asyncio.get_running_loop().create_task(self.load())
 
-    async def _load(self) -> None:
+    async def load(self) -> None:
+        """Load, verify and warm every model, pick the engine, then turn ready."""
         try:
             await anyio.to_thread.run_sync(self.registry.load_all)
-            await self._warm_dispatcher()
+            self.engine = self._make_engine()
+            if isinstance(self.engine, BatchingEngine):
+                for model in self.registry.models.values():
+                    await self.engine.warm_up(model)
             if self.cfg.warmup_delay_s:
                 await asyncio.sleep(self.cfg.warmup_delay_s)
             if not self.registry.models:
@@ -117,75 +125,148 @@ class HandServe:
                 )
                 return
             self.registry.mark_ready()
-            log.info("ready")
+            log.info("ready (%s engine)", self.engine.kind)
         except Exception as exc:
-            self.registry.load_error = repr(exc)
+            self.registry.load_error = f"loading models failed: {type(exc).__name__}"
             log.exception("loading models failed; /readyz stays 503")
 
-    async def _warm_dispatcher(self) -> None:
-        """Send a dozen single-image calls through BentoML's dispatcher before going ready.
-
-        Its optimizer dispatches its first ~12 calls one by one to fit a latency model; doing
-        that here means real traffic is batched from its first request.
-        """
-        for _ in range(3):  # the in-process client is attached just after startup hooks
-            if hasattr(self, "to_async"):
-                break
-            await asyncio.sleep(0.05)
-        for model in self.registry.models.values():
-            for _ in range(12):
-                item = Pending(model, np.zeros(model.manifest.input.shape, np.uint8), warmup=True)
-                await self.infer_items([item])
+    def _make_engine(self) -> Engine:
+        """Batching where it pays (SavedModel), parallel interpreters where it does not."""
+        if self.registry.runtime_name == "savedmodel":
+            return BatchingEngine(
+                self.cfg.max_batch_size, self.cfg.max_latency_ms, self.cfg.max_pixels, self.metrics
+            )
+        return ParallelEngine(self.registry.workers, self.cfg.max_pixels, self.metrics)
 
     def __is_ready__(self) -> bool:
         return self.registry.ready
 
-    @property
-    def backend(self) -> HandServe:
-        return self
-
-    async def infer(self, items: list[Pending]) -> None:  # the api.Backend interface
-        await self.infer_items(items)
-
-    async def infer_items(self, items: list[Pending]) -> None:
-        ids = self.tickets.add(items)
-        for item in items:
-            item.enqueued = time.perf_counter()
-        try:
-            await self.to_async.run_tickets(ids)  # type: ignore[attr-defined]
-        except Exception as exc:
-            if getattr(exc, "error_code", None) == HTTPStatus.SERVICE_UNAVAILABLE:
-                # BentoML's dispatcher shed the call: capacity, so the client should retry.
-                log.warning("batch call refused: %s", exc)
-                raise ApiError(
-                    "overloaded",
-                    "the batcher refused the request (overloaded); retry later",
-                    headers={"Retry-After": str(self.cfg.retry_after_s)},
-                ) from exc
-            # Anything else is a fault, not load: retrying would not help, so say so.
-            log.exception("batch call failed")
-            raise ApiError("internal", "inference failed; see the server log") from exc
-        finally:
-            self.tickets.drop(ids)
-        if any(item.scores is None for item in items):
-            raise ApiError("internal", "the batch finished without scores for every image")
-
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=CONFIG.max_batch_size,
-        max_latency_ms=CONFIG.max_latency_ms,
-        route="/internal/run_tickets",
+    # ------------------------------------------------------------------ endpoints
+    @app.post(
+        "/predict",
+        summary="Classify one image",
+        description="One image as a multipart file, a raw image/* body, or JSON base64.",
+        response_model=PredictResponse,
+        responses=ERRORS,
+        openapi_extra=request_body(batch=False),
+        tags=["predict"],
     )
-    def run_tickets(self, tickets: list[int]) -> list[int]:
-        """Batch function (internal): run the images behind these ticket numbers.
+    async def predict(
+        self,
+        request: Request,
+        model: QueryModel = None,
+        version: QueryVersion = None,
+        top_k: QueryTopK = None,
+    ) -> Response:
+        chosen, scores, k = await self._classify(
+            request, Params(model=model, version=version, top_k=top_k), batch=False
+        )
+        return JSONResponse(
+            {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
+        )
 
-        Returns 1 per ticket that was found and run, 0 for an unknown ticket.
-        """
-        found = self.tickets.get(tickets)
-        items = [p for p in found if p is not None]
-        if items:
-            self.registry.run_batch(items)
-        return [0 if p is None else 1 for p in found]
+    @app.post(
+        "/predict_batch",
+        summary="Classify several images; results in the same order",
+        description='Multipart with one file field per image, or JSON `{"images": [base64, ...]}`.',
+        response_model=PredictBatchResponse,
+        responses=ERRORS,
+        openapi_extra=request_body(batch=True),
+        tags=["predict"],
+    )
+    async def predict_batch(
+        self,
+        request: Request,
+        model: QueryModel = None,
+        version: QueryVersion = None,
+        top_k: QueryTopK = None,
+    ) -> Response:
+        chosen, scores, k = await self._classify(
+            request, Params(model=model, version=version, top_k=top_k), batch=True
+        )
+        results = [_ranked(row, chosen, k) for row in scores]
+        return JSONResponse({"model": chosen.name, "version": chosen.version, "results": results})
+
+    @app.get(
+        "/models",
+        summary="Models served: versions, labels, input contract, runtime, metrics",
+        tags=["models"],
+    )
+    async def models(self) -> dict[str, Any]:
+        return self.registry.describe()
+
+    # ------------------------------------------------------------------ the request path
+    async def _classify(
+        self, request: Request, query: Params, *, batch: bool
+    ) -> tuple[LoadedModel, np.ndarray, int]:
+        """Parse, resolve, admit, decode and run: the scores of every image of the request."""
+        if not self.registry.ready or self.engine is None:
+            why = self.registry.load_error or "models are still loading"
+            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
+        check_query(request)
+        parsed = await parse_request(
+            request,
+            batch=batch,
+            max_body_bytes=self.cfg.max_body_bytes,
+            max_images=self.cfg.max_batch_images if batch else 1,
+            body_timeout_s=self.cfg.body_timeout_s,
+            query=query,
+        )
+        params = parsed.params
+        model = self.registry.resolve(params.model, params.version)
+        n = len(parsed.images)
+        self.admission.acquire(n)
+        try:
+            scores = await self.engine.classify(model, parsed.images)
+        finally:
+            self.admission.release(n)
+        return model, scores, params.top_k or self.cfg.top_k
 
 
-__all__: list[Any] = ["HandServe", "app"]
+def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
+    return {"predictions": top_k(scores, model.manifest.labels, k)}
+
+
+# ---------------------------------------------------------------------- errors, demo page
+def _error(request: Request, err: ApiError) -> JSONResponse:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None and is_input_error(err.code):
+        metrics.rejected_inputs.labels(reason=err.code).inc()
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return _error(request, exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _bad_query(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's own validation of the typed query parameters, in the service's shape."""
+    return _error(request, ApiError("bad_parameter", describe_validation(exc, "query")))
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's 404/405 inside this app, answered in the same JSON shape."""
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    err = ApiError(code, f"{request.method} {request.url.path[:100]}: {code.replace('_', ' ')}")
+    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+@app.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error in %s", request.url.path, exc_info=exc)
+    return JSONResponse(
+        ApiError("internal", "internal error; see the server log").body(), status_code=500
+    )
+
+
+@app.get("/demo", include_in_schema=False)
+async def _demo_redirect() -> Response:
+    return RedirectResponse("/demo/")
+
+
+app.mount("/demo", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), name="demo")
+
+__all__ = ["HandServe", "app"]

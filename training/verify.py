@@ -25,6 +25,7 @@ import numpy as np
 
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, FormatEntry, Manifest
+from handserve.runtimes import LiteRTRuntime, SavedModelRuntime, open_format
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ PARITY_BOUNDS: dict[str, Bound] = {
     "float16": Bound(min_agreement=0.995),
     "int8": Bound(max_accuracy_drop=0.01, noise_sigmas=2.0),
 }
-
-
-class ParityError(Exception):
-    """One or more formats fall outside :data:`PARITY_BOUNDS`; the message lists each failure."""
 
 
 @dataclass
@@ -103,7 +100,7 @@ class ParityReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runners: each takes a uint8/float32 NHWC batch of raw pixels and returns float32 probabilities.
+# Runners: Keras here; every exported format runs on handserve.runtimes, the code that serves.
 
 
 def predict_keras(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -111,103 +108,7 @@ def predict_keras(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray
     return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
 
 
-class SavedModelRunner:
-    """The ``serving_default`` signature of a SavedModel, as TensorFlow Serving would call it."""
-
-    def __init__(self, path: Path) -> None:
-        import tensorflow as tf
-
-        self.path = Path(path)
-        self._tf = tf
-        self._loaded = tf.saved_model.load(str(path))  # keep a reference: it owns the variables
-        self._fn = self._loaded.signatures["serving_default"]
-        specs = self._fn.structured_input_signature[1]
-        if len(specs) != 1:
-            raise ArtifactError(path, f"serving_default takes {len(specs)} inputs, expected 1")
-        self.input_name, spec = next(iter(specs.items()))
-        self.input_shape = tuple(spec.shape.as_list())
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self._fn(**{self.input_name: self._tf.constant(x, dtype=self._tf.float32)})
-        return np.asarray(next(iter(out.values())))
-
-    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        return _batched(self, x, batch_size)
-
-
-class TFLiteRunner:
-    """A ``.tflite`` file on the LiteRT interpreter, quantizing input and dequantizing output.
-
-    The scale and zero point come from the file itself, so the manifest's copy of them is
-    checked against what the interpreter really does rather than trusted.
-    """
-
-    def __init__(self, path: Path, num_threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = Path(path)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
-        self.input_shape = tuple(int(d) for d in self._in["shape"])
-        self.input_dtype = np.dtype(self._in["dtype"])
-        self.output_dtype = np.dtype(self._out["dtype"])
-        self.input_quant = tuple(self._in["quantization"])  # (scale, zero_point)
-        self.output_quant = tuple(self._out["quantization"])
-        self._batch = self.input_shape[0]
-
-    def _resize(self, batch: int) -> None:
-        if batch != self._batch:
-            shape = [batch, *self.input_shape[1:]]
-            self.interpreter.resize_tensor_input(self._in["index"], shape)
-            self.interpreter.allocate_tensors()
-            self._batch = batch
-
-    def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        if self.input_dtype == np.float32:
-            return x.astype(np.float32)
-        scale, zero = self.input_quant
-        info = np.iinfo(self.input_dtype)
-        q = np.round(x.astype(np.float32) / scale + zero) if scale else x
-        return np.clip(q, info.min, info.max).astype(self.input_dtype)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        self._resize(len(x))
-        self.interpreter.set_tensor(self._in["index"], self.quantize_input(x))
-        self.interpreter.invoke()
-        out = self.interpreter.get_tensor(self._out["index"])
-        if self.output_dtype != np.float32:
-            scale, zero = self.output_quant
-            out = (out.astype(np.float32) - zero) * scale
-        return np.asarray(out, dtype=np.float32)
-
-    def predict(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        return _batched(self, x, batch_size)
-
-
-Runner = SavedModelRunner | TFLiteRunner
-
-
-def open_runner(path: Path, entry: FormatEntry, num_threads: int | None = None) -> Runner:
-    """The runner for one manifest format entry."""
-    if entry.kind == "saved_model":
-        return SavedModelRunner(path)
-    if entry.kind == "tflite":
-        return TFLiteRunner(path, num_threads=num_threads)
-    raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
-
-
-def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
-    """Run ``fn`` over ``x`` in fixed-size batches, padding the last so shapes stay the same."""
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
-        n = len(chunk)
-        if n < batch and len(x) > batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-        outs.append(np.asarray(fn(chunk))[:n])
-    return np.concatenate(outs)
+Runner = LiteRTRuntime | SavedModelRuntime
 
 
 def images_per_second(
@@ -273,7 +174,9 @@ def check_parity(
     results = [keras_row]
     for name, entry in formats.items():
         path = version_dir / entry.path
-        runner = (runners or {}).get(name) or open_runner(path, entry, num_threads)
+        runner = (runners or {}).get(name) or open_format(
+            version_dir, entry, num_threads=num_threads
+        )
         probs = runner.predict(x)
         row = FormatResult(
             name=name,
@@ -287,8 +190,8 @@ def check_parity(
         discordant = int(np.sum((probs.argmax(1) == y) != (ref_top == y)))
         row.failures = _bound_failures(row, ref_acc, discordant, len(x))
         if speed_seconds:
-            row.images_per_s_1 = images_per_second(runner, x, 1, speed_seconds)
-            row.images_per_s_32 = images_per_second(runner, x, 32, speed_seconds)
+            row.images_per_s_1 = images_per_second(runner.predict, x, 1, speed_seconds)
+            row.images_per_s_32 = images_per_second(runner.predict, x, 32, speed_seconds)
         log.info("%s: agreement %.4f, max diff %.2g", name, row.agreement, row.max_abs_diff)
         results.append(row)
     return ParityReport(results, data, len(x))
@@ -386,8 +289,8 @@ def check_input_shapes(
     ]
     for name, entry in manifest.formats.items():
         path = version_dir / entry.path
-        runner = (runners or {}).get(name) or open_runner(path, entry)
-        shapes.append((path, tuple(runner.input_shape[1:])))
+        runner = (runners or {}).get(name) or open_format(version_dir, entry)
+        shapes.append((path, tuple(runner.input_shape)))
     for path, got in shapes:
         if got != want:
             raise ArtifactError(
@@ -443,7 +346,7 @@ def verify_version(
     manifest = artifacts.load_verified(version_dir)
     keras_model = load_keras(version_dir / "model.keras")
     runners = {
-        name: open_runner(version_dir / entry.path, entry, num_threads)
+        name: open_format(version_dir, entry, num_threads=num_threads)
         for name, entry in manifest.formats.items()
     }
     check_input_shapes(version_dir, manifest, keras_model, runners)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from handserve import artifacts, cli
+from handserve.runtimes import LiteRTRuntime, SavedModelRuntime
 from tests.export.handmade import make_run
 from training import export, verify
 
@@ -72,7 +73,7 @@ def test_int8_takes_raw_uint8_pixels(tiny_export: Path) -> None:
     entry = artifacts.read_manifest(tiny_export).formats["tflite_int8"]
     assert (entry.input_dtype, entry.input_scale, entry.input_zero_point) == ("uint8", 1.0, 0)
     assert entry.output_dtype == "float32"
-    runner = verify.TFLiteRunner(tiny_export / entry.path)
+    runner = LiteRTRuntime(tiny_export / entry.path)
     assert runner.input_dtype == np.uint8
 
 
@@ -104,15 +105,15 @@ def test_labels_and_contract_travel_inside_each_tflite(tiny_export: Path) -> Non
         assert inp["dtype"] == manifest.formats[key].input_dtype
         assert meta["precision"] == manifest.formats[key].precision
         # The interpreter ignores the appended archive and still runs.
-        probs = verify.TFLiteRunner(path).predict(np.zeros((2, *manifest.input.shape), np.uint8))
+        probs = LiteRTRuntime(path).predict(np.zeros((2, *manifest.input.shape), np.uint8))
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-2)
 
 
 def test_saved_model_is_deterministic_and_equals_keras(tiny_export: Path) -> None:
     x, _ = verify.load_samples(tiny_export)
     x = x[:64]
-    runner = verify.SavedModelRunner(tiny_export / "saved_model")
-    assert runner.input_shape == (None, *artifacts.read_manifest(tiny_export).input.shape)
+    runner = SavedModelRuntime(tiny_export / "saved_model")
+    assert runner.input_shape == artifacts.read_manifest(tiny_export).input.shape
     first, second = runner.predict(x), runner.predict(x)
     np.testing.assert_array_equal(first, second)
     expected = verify.predict_keras(verify.load_keras(tiny_export / "model.keras"), x)

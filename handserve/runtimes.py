@@ -1,0 +1,278 @@
+"""Runtimes: the one place an exported model file is run, for the server, verify and examples.
+
+Both runtimes take a batch of raw pixels ``(N, H, W, C)`` (``uint8`` as
+:func:`handserve.images.decode_image` makes them, or float 0..255) and return ``float32``
+probabilities ``(N, num_classes)``. The service serves with them, ``handserve verify`` and the
+export's parity check compare them with Keras, and ``examples/litert_predict.py`` runs them, so
+parity tests test the code that serves.
+
+* :class:`LiteRTRuntime` keeps a small pool of interpreters. An interpreter is not thread safe,
+  and on a CPU LiteRT gains nothing from batching (measured: MobileNetV2 220 images/s at batch
+  1, 157 at batch 32 on 2 cores), so the way to use several cores is several interpreters
+  working on different requests at once, each with few threads.
+* :class:`SavedModelRuntime` runs the ``serving_default`` signature, which TensorFlow may call
+  from several threads; it gains a lot from batches (the service batches for it).
+
+TensorFlow is imported only when a SavedModel runtime is built, so a LiteRT-only server or phone
+example never pays for it.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from handserve.artifacts import ArtifactError, FormatEntry, Manifest
+
+#: Largest batch handed to a runtime in one call; longer inputs are split (memory stays bounded).
+MAX_CALL_BATCH = 64
+
+
+class Runtime(Protocol):
+    """What callers need from a model runner."""
+
+    name: str  # "litert" or "savedmodel": also a metric label
+    file: str  # the file or folder it runs, relative to the version folder
+    input_shape: tuple[int, ...]  # (H, W, C)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Raw pixels ``(N, H, W, C)`` -> ``float32`` ``(N, num_classes)``; thread safe."""
+        ...
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which container limits often set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow would see a GPU, checked without importing TensorFlow when possible.
+
+    Importing TensorFlow costs seconds and hundreds of MB, so a LiteRT-only CPU server skips it:
+    no NVIDIA device node or an empty ``CUDA_VISIBLE_DEVICES`` means no GPU.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if not Path("/dev/nvidiactl").exists():
+        return False
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def choose_runtime_name(requested: str) -> str:
+    """``auto`` resolves to SavedModel on a visible GPU, else LiteRT."""
+    if requested != "auto":
+        return requested
+    return "savedmodel" if gpu_visible() else "litert"
+
+
+def _padded_size(n: int) -> int:
+    """Batch sizes interpreters are built for: the next power of two, so few sizes exist."""
+    size = 1
+    while size < n:
+        size *= 2
+    return min(size, MAX_CALL_BATCH)
+
+
+class _Interpreters:
+    """One pool slot: interpreters of one file by batch size, used by one thread at a time.
+
+    Resizing an interpreter's input re-plans its memory (milliseconds), so each batch size gets
+    its own interpreter, built on first use and kept.
+    """
+
+    def __init__(self, path: Path, num_threads: int | None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._make = lambda: Interpreter(model_path=str(path), num_threads=num_threads)
+        self._by_size: dict[int, tuple[Any, int, int]] = {}
+        probe = self._get(1)[0]
+        self.details = probe.get_input_details()[0], probe.get_output_details()[0]
+
+    def _get(self, size: int) -> tuple[Any, int, int]:
+        entry = self._by_size.get(size)
+        if entry is None:
+            interp = self._make()
+            inp = interp.get_input_details()[0]
+            if int(inp["shape"][0]) != size:
+                interp.resize_tensor_input(inp["index"], [size, *inp["shape"][1:]])
+            interp.allocate_tensors()
+            out_index = interp.get_output_details()[0]["index"]
+            entry = self._by_size[size] = (interp, int(inp["index"]), int(out_index))
+        return entry
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        size = _padded_size(n)
+        if n < size:
+            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
+        interp, in_index, out_index = self._get(size)
+        interp.set_tensor(in_index, x)
+        interp.invoke()
+        return np.array(interp.get_tensor(out_index)[:n])  # a copy: the buffer is reused
+
+
+class LiteRTRuntime:
+    """A ``.tflite`` file on a pool of LiteRT interpreters (XNNPACK), quantizing as the file says.
+
+    Args:
+        path: the ``.tflite`` file.
+        num_threads: threads per interpreter (None: LiteRT's default).
+        instances: interpreters that may run at once; ``predict`` from more threads than this
+            waits for a free one.
+
+    Integer (int8/uint8) inputs are quantized with the scale and zero point stored in the file
+    itself and integer outputs dequantized, so callers always pass raw pixels and get floats.
+    """
+
+    name = "litert"
+
+    def __init__(self, path: Path, *, num_threads: int | None = 1, instances: int = 1) -> None:
+        self.path = Path(path)
+        self.file = self.path.name
+        self.instances = max(1, int(instances))
+        self._pool: queue.SimpleQueue[_Interpreters] = queue.SimpleQueue()
+        first = _Interpreters(self.path, num_threads)
+        self._pool.put(first)
+        for _ in range(self.instances - 1):
+            self._pool.put(_Interpreters(self.path, num_threads))
+        inp, out = first.details
+        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
+        self.input_dtype = np.dtype(inp["dtype"])
+        self.output_dtype = np.dtype(out["dtype"])
+        self.num_classes = int(out["shape"][-1])
+        self.input_quant = _quant(inp)
+        self.output_quant = _quant(out)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Raw pixels to the input tensor's type: a cast for float inputs, else quantized."""
+        if self.input_dtype.kind == "f":
+            return x.astype(self.input_dtype, copy=False)
+        scale, zero = self.input_quant
+        if not scale:
+            return x.astype(self.input_dtype)
+        info = np.iinfo(self.input_dtype)
+        q = np.round(x.astype(np.float32) / scale + zero)
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+
+    def dequantize(self, y: np.ndarray) -> np.ndarray:
+        """The output tensor as float32 probabilities."""
+        if self.output_dtype.kind == "f":
+            return y.astype(np.float32, copy=False)
+        scale, zero = self.output_quant
+        return ((y.astype(np.float32) - zero) * (scale or 1.0)).astype(np.float32)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        slot = self._pool.get()  # blocks while every interpreter is busy
+        try:
+            outs = [
+                self.dequantize(slot.run(self.quantize(images[i : i + MAX_CALL_BATCH])))
+                for i in range(0, len(images), MAX_CALL_BATCH)
+            ]
+        finally:
+            self._pool.put(slot)
+        if not outs:
+            return np.zeros((0, self.num_classes), np.float32)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+
+def _quant(detail: dict[str, Any]) -> tuple[float, int]:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zero)
+
+
+class SavedModelRuntime:
+    """A TensorFlow SavedModel through ``serving_default``, as TensorFlow Serving would call it."""
+
+    name = "savedmodel"
+    file = "saved_model"
+
+    def __init__(self, path: Path) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self.path = Path(path)
+        loaded = tf.saved_model.load(str(self.path))
+        if "serving_default" not in loaded.signatures:
+            raise ArtifactError(self.path, "SavedModel has no serving_default signature")
+        self._loaded = loaded  # keep the object alive: the signature references its variables
+        self._fn = loaded.signatures["serving_default"]
+        _, kwargs = self._fn.structured_input_signature
+        if len(kwargs) != 1:
+            raise ArtifactError(self.path, f"serving_default takes {len(kwargs)} inputs, not 1")
+        ((self._input_name, spec),) = kwargs.items()
+        self.input_shape = tuple(int(d) for d in spec.shape[1:])
+        self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        outputs = self._fn.structured_outputs
+        if len(outputs) != 1:
+            raise ArtifactError(self.path, f"serving_default has {len(outputs)} outputs, not 1")
+        self._output_name = next(iter(outputs))
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        outs = []
+        for i in range(0, len(images), MAX_CALL_BATCH):
+            x = self._tf.constant(images[i : i + MAX_CALL_BATCH].astype(self.input_dtype))
+            outs.append(np.asarray(self._fn(**{self._input_name: x})[self._output_name].numpy()))
+        if not outs:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def open_format(
+    version_dir: Path, entry: FormatEntry, *, num_threads: int | None = None, instances: int = 1
+) -> LiteRTRuntime | SavedModelRuntime:
+    """The runtime for one format of a manifest (what verify and the export's parity use)."""
+    path = Path(version_dir) / entry.path
+    if entry.kind == "saved_model":
+        return SavedModelRuntime(path)
+    if entry.kind == "tflite":
+        return LiteRTRuntime(path, num_threads=num_threads, instances=instances)
+    raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
+
+
+def open_runtime(
+    version_dir: Path,
+    manifest: Manifest,
+    *,
+    runtime: str,
+    litert_file: str = "model.tflite",
+    num_threads: int | None = 1,
+    instances: int = 1,
+) -> LiteRTRuntime | SavedModelRuntime:
+    """The runtime a server uses for a verified version, its input checked against the manifest.
+
+    Raises:
+        ArtifactError: the file is missing, not listed in the manifest, or takes another shape.
+        ValueError: ``runtime`` is neither ``litert`` nor ``savedmodel``.
+    """
+    version_dir = Path(version_dir)
+    built: LiteRTRuntime | SavedModelRuntime
+    if runtime == "litert":
+        if litert_file not in {e.path for e in manifest.files}:
+            raise ArtifactError(
+                version_dir / litert_file, "this LiteRT file has no checksum in the manifest"
+            )
+        built = LiteRTRuntime(
+            version_dir / litert_file, num_threads=num_threads, instances=instances
+        )
+    elif runtime == "savedmodel":
+        built = SavedModelRuntime(version_dir / "saved_model")
+    else:
+        raise ValueError(f"unknown runtime {runtime!r}")
+    if tuple(built.input_shape) != manifest.input.shape:
+        raise ArtifactError(
+            version_dir / built.file,
+            f"input shape {tuple(built.input_shape)} differs from the manifest's "
+            f"{manifest.input.shape}",
+        )
+    return built
