@@ -50,16 +50,6 @@ def parse_params(raw: Mapping[str, Any], where: str) -> Params:
         raise ApiError(code, describe_validation(exc, where)) from None
 
 
-def check_query(request: Request) -> None:
-    """Unknown query fields are refused: a typo like ``topk=3`` must not be silently ignored."""
-    unknown = sorted(set(request.query_params) - set(PARAMS))
-    if unknown:
-        shown = ", ".join(name[:40] for name in unknown[:5])
-        raise ApiError(
-            "unknown_field", f"unknown query field(s) {shown}; allowed: {', '.join(PARAMS)}"
-        )
-
-
 def b64decode(value: Any, index: int | None = None) -> bytes:
     where = "image" if index is None else f"images[{index}]"
     if not isinstance(value, str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class LoadedModel:
     runtime: Runtime
     version_dir: Path
     sha256: str  # of the file the runtime runs (tflite) or the saved_model.pb
+    call_seconds: float = 0.0  # one single-image call, measured at warm-up
 
     @property
     def version_label(self) -> str:
@@ -139,7 +141,14 @@ class ModelRegistry:
         sha = next((e.sha256 for e in manifest.files if e.path == file), "")
         model = LoadedModel(name, version, manifest, runtime, vdir, sha)
         self.warm_up(model)
-        log.info("loaded %s/%s (%s, %s)", name, version, runtime.name, runtime.file)
+        log.info(
+            "loaded %s/%s (%s, %s, %.2f ms per image)",
+            name,
+            version,
+            runtime.name,
+            runtime.file,
+            1000 * model.call_seconds,
+        )
         return model
 
     def warm_up(self, model: LoadedModel) -> None:
@@ -156,6 +165,13 @@ class ModelRegistry:
         else:
             largest, copies = self.cfg.max_batch_size, 1
         sizes = sorted({1, min(8, largest), largest})
+        one = np.zeros((1, *shape), np.uint8)
+        timings = []
+        for _ in range(max(5, self.cfg.warmup_batches)):
+            t0 = time.perf_counter()
+            model.runtime.predict(one)
+            timings.append(time.perf_counter() - t0)
+        model.call_seconds = sorted(timings)[len(timings) // 2]
         for _ in range(self.cfg.warmup_batches * copies):
             for n in sizes:
                 out = model.runtime.predict(np.zeros((n, *shape), np.uint8))

@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
-from fastapi import FastAPI, Query
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -36,17 +35,14 @@ from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.errors import STATUS, ApiError, is_input_error
 from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
-from service.parsing import check_query, parse_request
+from service.parsing import parse_params, parse_request
 from service.registry import LoadedModel, ModelRegistry, top_k
+from service.routes import ClassRoutes
 from service.schemas import (
     ErrorResponse,
-    ModelName,
-    Params,
-    PositiveInt,
     PredictBatchResponse,
     PredictResponse,
-    describe_validation,
-    request_body,
+    predict_openapi,
 )
 
 log = logging.getLogger("handserve.service")
@@ -72,11 +68,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status in sorted(set(STATUS.values()))
 }
 
-QueryModel = Annotated[
-    ModelName | None, Query(description="model name (default: the default model)")
-]
-QueryVersion = Annotated[PositiveInt | None, Query(description="model version (default: latest)")]
-QueryTopK = Annotated[PositiveInt | None, Query(description="classes to return, best first")]
+#: The routes declared on HandServe's methods; bound to the running instance below the class.
+routes = ClassRoutes()
 
 
 @bentoml.service(
@@ -142,52 +135,36 @@ class HandServe:
         return self.registry.ready
 
     # ------------------------------------------------------------------ endpoints
-    @app.post(
+    @routes.post(
         "/predict",
         summary="Classify one image",
         description="One image as a multipart file, a raw image/* body, or JSON base64.",
         response_model=PredictResponse,
         responses=ERRORS,
-        openapi_extra=request_body(batch=False),
+        openapi_extra=predict_openapi(batch=False),
         tags=["predict"],
     )
-    async def predict(
-        self,
-        request: Request,
-        model: QueryModel = None,
-        version: QueryVersion = None,
-        top_k: QueryTopK = None,
-    ) -> Response:
-        chosen, scores, k = await self._classify(
-            request, Params(model=model, version=version, top_k=top_k), batch=False
-        )
+    async def predict(self, request: Request) -> Response:
+        chosen, scores, k = await self._classify(request, batch=False)
         return JSONResponse(
             {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
         )
 
-    @app.post(
+    @routes.post(
         "/predict_batch",
         summary="Classify several images; results in the same order",
         description='Multipart with one file field per image, or JSON `{"images": [base64, ...]}`.',
         response_model=PredictBatchResponse,
         responses=ERRORS,
-        openapi_extra=request_body(batch=True),
+        openapi_extra=predict_openapi(batch=True),
         tags=["predict"],
     )
-    async def predict_batch(
-        self,
-        request: Request,
-        model: QueryModel = None,
-        version: QueryVersion = None,
-        top_k: QueryTopK = None,
-    ) -> Response:
-        chosen, scores, k = await self._classify(
-            request, Params(model=model, version=version, top_k=top_k), batch=True
-        )
+    async def predict_batch(self, request: Request) -> Response:
+        chosen, scores, k = await self._classify(request, batch=True)
         results = [_ranked(row, chosen, k) for row in scores]
         return JSONResponse({"model": chosen.name, "version": chosen.version, "results": results})
 
-    @app.get(
+    @routes.get(
         "/models",
         summary="Models served: versions, labels, input contract, runtime, metrics",
         tags=["models"],
@@ -197,13 +174,13 @@ class HandServe:
 
     # ------------------------------------------------------------------ the request path
     async def _classify(
-        self, request: Request, query: Params, *, batch: bool
+        self, request: Request, *, batch: bool
     ) -> tuple[LoadedModel, np.ndarray, int]:
         """Parse, resolve, admit, decode and run: the scores of every image of the request."""
         if not self.registry.ready or self.engine is None:
             why = self.registry.load_error or "models are still loading"
             raise ApiError("not_ready", why, headers={"Retry-After": "1"})
-        check_query(request)
+        query = parse_params(request.query_params, "query")
         parsed = await parse_request(
             request,
             batch=batch,
@@ -240,12 +217,6 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
     return _error(request, exc)
 
 
-@app.exception_handler(RequestValidationError)
-async def _bad_query(request: Request, exc: RequestValidationError) -> Response:
-    """FastAPI's own validation of the typed query parameters, in the service's shape."""
-    return _error(request, ApiError("bad_parameter", describe_validation(exc, "query")))
-
-
 @app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's 404/405 inside this app, answered in the same JSON shape."""
@@ -260,6 +231,9 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return JSONResponse(
         ApiError("internal", "internal error; see the server log").body(), status_code=500
     )
+
+
+routes.bind(app, bentoml.get_current_service)
 
 
 @app.get("/demo", include_in_schema=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
@@ -17,6 +19,7 @@ from PIL import Image
 
 from handserve import artifacts
 from service.cli import background_server
+from service.config import ServiceConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,3 +123,31 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
                 return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@contextlib.contextmanager
+def inprocess_client(cfg: ServiceConfig, *, load: bool = True) -> Iterator[tuple[Any, Any]]:
+    """The service's FastAPI app driven in-process, with a service instance built for ``cfg``.
+
+    The instance is made as ``bentoml serve`` makes it (the class BentoML wraps, registered as
+    the current service) but with its own config and Prometheus registry. With ``load`` its
+    models are loaded and it is ready; without, it answers as a server still loading.
+    """
+    current = importlib.import_module("_bentoml_sdk.service")  # the module, not the decorator
+    from prometheus_client import CollectorRegistry
+    from starlette.testclient import TestClient
+
+    from service.service import HandServe, app
+
+    svc = HandServe.inner(cfg, CollectorRegistry())
+    if load:
+        svc.registry.load_all()
+        svc.engine = svc._make_engine()
+        svc.registry.mark_ready()
+    previous = current._current_service
+    current.set_current_service(svc)
+    try:
+        with TestClient(app) as client:
+            yield client, svc
+    finally:
+        current.set_current_service(previous)

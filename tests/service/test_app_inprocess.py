@@ -1,8 +1,9 @@
-"""The runtimes and the Starlette app in-process (no BentoML), for both runtimes.
+"""The runtimes and the service's routes in-process (no server), for both runtimes.
 
 Each runtime must give the exported model's answer for the shared decoder's output; the app
-must answer the three input forms and every refusal as JSON. Batching is BentoML's job and is
-tested against the real server (test_server.py).
+must answer the three input forms and every refusal as JSON. The service class is built as
+BentoML builds it, with a test config, and its FastAPI app is driven with Starlette's
+TestClient; the real ``bentoml serve`` is tested in test_server.py.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from starlette.testclient import TestClient
 from handserve import artifacts
 from handserve.artifacts import ArtifactError
 from handserve.images import decode_image
-from service.api import LocalBackend, create_app
+from handserve.runtimes import choose_runtime_name, gpu_visible, open_runtime
 from service.config import ServiceConfig
 from service.registry import ModelRegistry
-from service.runtimes import build_runtime, choose_runtime_name, gpu_visible
-from tests.service.helpers import corrupt, digit_png
+from tests.service.helpers import corrupt, digit_png, inprocess_client
 
 pytestmark = pytest.mark.slow
 RUNTIMES = ["litert", "savedmodel"]
@@ -57,19 +57,19 @@ def batch(models_dir: Path) -> np.ndarray:
 def test_runtime_equals_exported_model(models_dir: Path, batch: np.ndarray, runtime: str):
     vdir = models_dir / "tiny" / "1"
     man = artifacts.load_verified(vdir)
-    rt = build_runtime(vdir, man, runtime=runtime, max_batch=8)
+    rt = open_runtime(vdir, man, runtime=runtime, instances=2)
     assert rt.name == runtime
     want = reference(vdir, batch)
     np.testing.assert_allclose(rt.predict(batch), want, atol=1e-5)
     np.testing.assert_allclose(rt.predict(batch[:1]), want[:1], atol=1e-5)
-    big = np.concatenate([batch] * 4)  # 20 images > max_batch 8: split into padded chunks
-    np.testing.assert_allclose(rt.predict(big), np.concatenate([want] * 4), atol=1e-5)
+    big = np.concatenate([batch] * 14)  # 70 images > one call's 64: split, the last padded
+    np.testing.assert_allclose(rt.predict(big), np.concatenate([want] * 14), atol=1e-5)
 
 
 def test_int8_runtime_quantizes_input(models_dir: Path, batch: np.ndarray) -> None:
     vdir = models_dir / "tiny" / "1"
     man = artifacts.load_verified(vdir)
-    rt = build_runtime(vdir, man, runtime="litert", litert_file="model_int8.tflite")
+    rt = open_runtime(vdir, man, runtime="litert", litert_file="model_int8.tflite")
     out = rt.predict(batch)
     assert out.shape == (5, man.num_classes) and out.dtype == np.float32
     want = reference(vdir, batch)
@@ -83,9 +83,9 @@ def test_runtime_refuses_shape_mismatch_and_unlisted_file(models_dir: Path, tmp_
     data = man.to_dict()
     data["input"].update(height=32, width=32)
     with pytest.raises(ArtifactError, match="input shape"):
-        build_runtime(vdir, artifacts.Manifest.from_dict(data), runtime="litert")
+        open_runtime(vdir, artifacts.Manifest.from_dict(data), runtime="litert")
     with pytest.raises(ArtifactError, match="checksum"):
-        build_runtime(vdir, man, runtime="litert", litert_file="other.tflite")
+        open_runtime(vdir, man, runtime="litert", litert_file="other.tflite")
 
 
 def test_auto_runtime_is_litert_without_gpu() -> None:
@@ -114,14 +114,6 @@ def test_registry_refuses_corrupted_model_and_serves_the_rest(models_dir, tmp_pa
     assert reg.describe()["refused"][0]["reason"]
 
 
-def _ready_backend(cfg: ServiceConfig) -> LocalBackend:
-    """Models loaded and marked ready, as the service does at start-up."""
-    reg = ModelRegistry(cfg)
-    reg.load_all()
-    reg.mark_ready()
-    return LocalBackend(reg)
-
-
 @pytest.fixture(scope="module", params=RUNTIMES)
 def client(request, models_dir: Path):
     cfg = ServiceConfig(
@@ -131,8 +123,7 @@ def client(request, models_dir: Path):
         max_batch_images=4,
         warmup_batches=1,
     )
-    backend = _ready_backend(cfg)
-    with TestClient(create_app(lambda: backend, cfg)) as c:
+    with inprocess_client(cfg) as (c, _):
         yield c
 
 
@@ -178,8 +169,7 @@ def test_app_batch_limits_and_errors(client: TestClient) -> None:
 
 def test_app_not_ready_answers_503(models_dir: Path) -> None:
     cfg = ServiceConfig(models_dir=str(models_dir))
-    backend = LocalBackend(ModelRegistry(cfg))
-    with TestClient(create_app(lambda: backend, cfg)) as c:
+    with inprocess_client(cfg, load=False) as (c, _):
         resp = c.post("/predict", content=digit_png(1), headers={"Content-Type": "image/png"})
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert resp.json()["error"]["code"] == "not_ready"
@@ -194,13 +184,11 @@ def test_app_refuses_beyond_capacity_with_retry_after(models_dir: Path) -> None:
         retry_after_s=3,
         warmup_batches=0,
     )
-    backend = _ready_backend(cfg)
-    app = create_app(lambda: backend, cfg)
     imgs = [base64.b64encode(digit_png(i)).decode() for i in range(3)]
-    with TestClient(app) as c:
-        app.state.admission.acquire(2, 3)  # two images of another request still in flight
+    with inprocess_client(cfg) as (c, svc):
+        svc.admission.acquire(2)  # two images of another request still in flight
         resp = c.post("/predict_batch", json={"images": imgs})
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "3"
         assert resp.json()["error"]["code"] == "overloaded"
-        app.state.admission.release(2)
+        svc.admission.release(2)
         assert c.post("/predict_batch", json={"images": imgs}).status_code == 200
