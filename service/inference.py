@@ -13,7 +13,6 @@ Either way a request travels one way and gets its scores back as a return value:
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Sequence
@@ -22,7 +21,6 @@ from typing import Any, Protocol
 
 import anyio
 import numpy as np
-from PIL import Image
 
 from handserve.images import ImageDecodeError, decode_image
 from service.errors import ApiError
@@ -33,27 +31,15 @@ log = logging.getLogger(__name__)
 #: Work this small runs on the event loop instead of in a worker thread: a thread hand-off
 #: costs the loop about 0.1-0.3 ms (measured), more than decoding a small PNG (~0.07 ms) or
 #: running the digits CNN once (~0.15 ms). Bigger models and photos go to threads, so a slow
-#: call never stalls the other requests.
+#: call never stalls the other requests. The pixel cap is checked from the image header
+#: before decoding: a few kilobytes of PNG can hold a 6000x6000 flat image.
 INLINE_DECODE_BYTES = 16 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 INLINE_CALL_SECONDS = 0.0005
 
 
-def decode_is_cheap(blobs: Sequence[bytes]) -> bool:
-    """Whether decoding ``blobs`` on the event loop is cheap: few bytes and few pixels.
-
-    A few kilobytes of PNG can hold a 6000x6000 flat image, so the headers are read too.
-    """
-    if sum(len(b) for b in blobs) > INLINE_DECODE_BYTES:
-        return False
-    pixels = 0
-    for blob in blobs:
-        try:  # Image.open reads the header only; bad data fails fast in the real decode
-            with Image.open(io.BytesIO(blob)) as img:
-                pixels += img.size[0] * img.size[1]
-        except Exception:
-            continue
-    return pixels <= INLINE_DECODE_PIXELS
+class _TooBigForInline(Exception):
+    """An image over the inline pixel cap: decode it again in a worker thread."""
 
 
 class Engine(Protocol):
@@ -92,16 +78,30 @@ class Admission:
 
 
 def decode_all(
-    blobs: Sequence[bytes], model: LoadedModel, max_pixels: int, metrics: Any
+    blobs: Sequence[bytes],
+    model: LoadedModel,
+    max_pixels: int,
+    metrics: Any,
+    *,
+    inline: bool = False,
 ) -> np.ndarray:
-    """Decode every image for ``model``; the error names the image within a batch request."""
-    spec = model.manifest.input.image_spec
+    """Decode every image for ``model``; the error names the image within a batch request.
+
+    With ``inline`` (on the event loop) an image over :data:`INLINE_DECODE_PIXELS` raises
+    :class:`_TooBigForInline` from its header, before any pixel is decoded.
+    """
+    if inline and sum(len(b) for b in blobs) > INLINE_DECODE_BYTES:
+        raise _TooBigForInline
+    cap = min(max_pixels, INLINE_DECODE_PIXELS) if inline else max_pixels
+    spec = model.spec
     out = np.empty((len(blobs), *model.manifest.input.shape), np.uint8)
     for i, blob in enumerate(blobs):
         t0 = time.perf_counter()
         try:
-            out[i] = decode_image(blob, spec, max_pixels=max_pixels)
+            out[i] = decode_image(blob, spec, max_pixels=cap)
         except ImageDecodeError as exc:
+            if inline and exc.code == "too_many_pixels" and cap < max_pixels:
+                raise _TooBigForInline from None
             raise ApiError.from_decode(exc, i if len(blobs) > 1 else None) from None
         if metrics is not None:
             metrics.preprocess_seconds.observe(time.perf_counter() - t0)
@@ -140,9 +140,11 @@ class ParallelEngine:
         self.metrics = metrics
         self._limiter = anyio.CapacityLimiter(self.workers)
 
-    def _run(self, model: LoadedModel, blobs: Sequence[bytes], enqueued: float) -> np.ndarray:
+    def _run(
+        self, model: LoadedModel, blobs: Sequence[bytes], enqueued: float, inline: bool = False
+    ) -> np.ndarray:
         started = time.perf_counter()
-        x = decode_all(blobs, model, self.max_pixels, self.metrics)
+        x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=inline)
         t0 = time.perf_counter()
         scores = model.runtime.predict(x)
         record_batch(
@@ -152,8 +154,11 @@ class ParallelEngine:
 
     async def classify(self, model: LoadedModel, blobs: list[bytes]) -> np.ndarray:
         enqueued = time.perf_counter()
-        if model.call_seconds * len(blobs) < INLINE_CALL_SECONDS and decode_is_cheap(blobs):
-            return self._run(model, blobs, enqueued)
+        if model.call_seconds * len(blobs) < INLINE_CALL_SECONDS:
+            try:
+                return self._run(model, blobs, enqueued, inline=True)
+            except _TooBigForInline:
+                pass
         parts = min(self.workers, len(blobs))
         if parts <= 1:
             return await anyio.to_thread.run_sync(
@@ -240,9 +245,9 @@ class BatchingEngine:
         return run_batch
 
     async def classify(self, model: LoadedModel, blobs: list[bytes]) -> np.ndarray:
-        if decode_is_cheap(blobs):
-            x = decode_all(blobs, model, self.max_pixels, self.metrics)
-        else:
+        try:
+            x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=True)
+        except _TooBigForInline:
             x = await anyio.to_thread.run_sync(
                 decode_all, blobs, model, self.max_pixels, self.metrics
             )

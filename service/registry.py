@@ -8,6 +8,7 @@ the reason, listed in ``/models``, and not served, while the others serve normal
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ import numpy as np
 
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, Manifest
+from handserve.images import ImageSpec
 from handserve.runtimes import Runtime, available_cpus, choose_runtime_name, open_runtime
 from service.config import ServiceConfig
 from service.errors import ApiError
@@ -39,6 +41,11 @@ class LoadedModel:
     @property
     def version_label(self) -> str:
         return str(self.version)
+
+    @functools.cached_property
+    def spec(self) -> ImageSpec:
+        """What every image is decoded to for this model (built once, used per image)."""
+        return self.manifest.input.image_spec
 
 
 @dataclass(frozen=True)

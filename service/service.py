@@ -77,6 +77,7 @@ routes = ClassRoutes()
     workers=CONFIG.workers,
     threads=CONFIG.threads,
     traffic={"timeout": CONFIG.timeout_s},
+    tracing={"excluded_urls": "predict,predict_batch"},
     logging={"access": {"enabled": CONFIG.access_log}},
 )
 @bentoml.asgi_app(app, path="/")
