@@ -127,9 +127,10 @@ def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Im
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError("truncated", f"the image is truncated or corrupt: {exc}") from exc
     img = _to_8bit(img)
-    # A broken EXIF block should not lose an otherwise good image.
+    # A broken EXIF block should not lose an otherwise good image. In place: without it
+    # Pillow returns a copy of every image, even one with no orientation to apply.
     with contextlib.suppress(Exception):
-        img = ImageOps.exif_transpose(img) or img
+        ImageOps.exif_transpose(img, in_place=True)
     return _flatten_alpha(img)
 
 

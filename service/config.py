@@ -42,9 +42,10 @@ class ServiceConfig:
     runtime: Runtime = _f("auto", "auto, litert or savedmodel")
     # float32 is the exact export; int8 measured slower on these CPUs (docs/service.md).
     litert_file: str = _f("model.tflite", "which .tflite of the version folder LiteRT runs")
-    # LiteRT runs requests in parallel on a pool of interpreters, one per core, each with one
-    # thread: on 2 cores two 1-thread interpreters beat one 2-thread interpreter (docs/service.md).
-    interpreters: int = _f(0, "LiteRT interpreters per model (0: one per usable CPU)")
+    # LiteRT runs requests side by side in worker processes (one per core, see `workers`),
+    # each with one single-threaded interpreter: on 2 cores two 1-thread interpreters in two
+    # processes beat one 2-thread interpreter and threads sharing one GIL (docs/service.md).
+    interpreters: int = _f(1, "LiteRT interpreters per model in each worker")
     num_threads: int = _f(1, "threads per LiteRT interpreter (XNNPACK)")
     # A few batches compile kernels and fill caches before /readyz turns 200.
     warmup_batches: int = _f(3, "dummy batches run per model before ready")
@@ -59,8 +60,9 @@ class ServiceConfig:
     max_latency_ms: int = _f(5000, "BentoML's batching deadline per request")
 
     # --- process
-    # One worker: a second process doubles memory and splits batches on a 2-core machine.
-    workers: int = _f(1, "BentoML worker processes")
+    # 0: one per usable CPU with LiteRT (requests run side by side, each process has its own
+    # GIL); one with SavedModel, whose batches use every core (or the GPU) from one process.
+    workers: int = _f(0, "BentoML worker processes (0: by runtime, see docs/service.md)")
     # BentoML's threads for sync API methods; every route here is async (models run in
     # anyio's worker threads, bounded by the interpreter pool), so this matters little.
     threads: int = _f(2, "BentoML threads per worker")
@@ -85,13 +87,13 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.num_threads >= 1, "num_threads must be at least 1"),
-            (self.interpreters >= 0, "interpreters must be >= 0 (0: one per CPU)"),
+            (self.interpreters >= 1, "interpreters must be at least 1"),
             (self.body_timeout_s > 0, "body_timeout_s must be positive"),
             (self.warmup_batches >= 0, "warmup_batches must be >= 0"),
             (self.warmup_delay_s >= 0, "warmup_delay_s must be >= 0"),
             (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
             (self.max_latency_ms >= 1, "max_latency_ms must be at least 1"),
-            (self.workers >= 1, "workers must be at least 1"),
+            (self.workers >= 0, "workers must be >= 0 (0: by runtime)"),
             (self.threads >= 1, "threads must be at least 1"),
             (self.timeout_s > 0, "timeout_s must be positive"),
             (self.max_inflight_images >= 1, "max_inflight_images must be at least 1"),

@@ -28,14 +28,29 @@ from service.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
-#: Work this small runs on the event loop instead of in a worker thread: a thread hand-off
-#: costs the loop about 0.1-0.3 ms (measured), more than decoding a small PNG (~0.07 ms) or
-#: running the digits CNN once (~0.15 ms). Bigger models and photos go to threads, so a slow
-#: call never stalls the other requests. The pixel cap is checked from the image header
-#: before decoding: a few kilobytes of PNG can hold a 6000x6000 flat image.
-INLINE_DECODE_BYTES = 16 * 1024
-INLINE_DECODE_PIXELS = 256 * 256
-INLINE_CALL_SECONDS = 0.0005
+
+@dataclass(frozen=True)
+class InlineLimits:
+    """What may run on the event loop instead of a worker thread.
+
+    A thread hand-off costs the loop 0.1-0.3 ms, and threads of one process contend for the
+    GIL with the loop (measured: MobileNetV2 behind two threads of one process reached 0.6x
+    the requests/s of the naive server; inline in one worker process per core, 0.9-1.5x).
+    So small work runs inline. A photo of many megapixels or a long batch goes to a thread
+    so it does not hold up the process's other requests. Pixels are checked from the image
+    header before anything is decoded: a few kilobytes of PNG can hold a 6000x6000 flat image.
+    """
+
+    bytes: int  # encoded bytes of the request's images
+    pixels: int  # decoded pixels of each image
+    seconds: float = 0.0  # model time for the request's images (from the warm-up timing)
+
+
+#: LiteRT workers: a process per core, so the loop may take real work (about 25 ms at most).
+PARALLEL_INLINE = InlineLimits(bytes=1024 * 1024, pixels=1_000_000, seconds=0.025)
+#: The batching engine's one process feeds a whole machine: only decodes that cost less than
+#: a thread hand-off run on its loop.
+BATCHING_INLINE = InlineLimits(bytes=16 * 1024, pixels=256 * 256)
 
 
 class _TooBigForInline(Exception):
@@ -83,16 +98,17 @@ def decode_all(
     max_pixels: int,
     metrics: Any,
     *,
-    inline: bool = False,
+    inline: InlineLimits | None = None,
 ) -> np.ndarray:
     """Decode every image for ``model``; the error names the image within a batch request.
 
-    With ``inline`` (on the event loop) an image over :data:`INLINE_DECODE_PIXELS` raises
-    :class:`_TooBigForInline` from its header, before any pixel is decoded.
+    With ``inline`` limits (on the event loop) a request over them raises
+    :class:`_TooBigForInline`, an image over the pixel cap from its header, before any pixel
+    is decoded.
     """
-    if inline and sum(len(b) for b in blobs) > INLINE_DECODE_BYTES:
+    if inline is not None and sum(len(b) for b in blobs) > inline.bytes:
         raise _TooBigForInline
-    cap = min(max_pixels, INLINE_DECODE_PIXELS) if inline else max_pixels
+    cap = min(max_pixels, inline.pixels) if inline is not None else max_pixels
     spec = model.spec
     out = np.empty((len(blobs), *model.manifest.input.shape), np.uint8)
     for i, blob in enumerate(blobs):
@@ -100,7 +116,7 @@ def decode_all(
         try:
             out[i] = decode_image(blob, spec, max_pixels=cap)
         except ImageDecodeError as exc:
-            if inline and exc.code == "too_many_pixels" and cap < max_pixels:
+            if exc.code == "too_many_pixels" and cap < max_pixels:
                 raise _TooBigForInline from None
             raise ApiError.from_decode(exc, i if len(blobs) > 1 else None) from None
         if metrics is not None:
@@ -125,23 +141,30 @@ def record_batch(
 
 
 class ParallelEngine:
-    """LiteRT on CPU: each request runs at once, decode and model call in one worker thread.
+    """LiteRT on CPU: requests run side by side, each with one model call, never batched.
 
-    At most ``workers`` requests run at a time (the interpreter pool's size, one per core);
-    the rest wait their turn on the event loop, not in threads. A multi-image request is split
-    across the pool so its images use every core.
+    The parallelism is BentoML's worker processes, one per usable core by default, each with
+    its own interpreter (LiteRT on a CPU gains nothing from batches, and threads of one
+    process contend for the GIL). Within a worker a request is decoded and run on the event
+    loop when that is quick (see :class:`InlineLimits`); otherwise in a worker thread, where
+    the runtime's interpreter pool bounds how many model calls run at once.
     """
 
     kind = "parallel"
 
-    def __init__(self, workers: int, max_pixels: int, metrics: Any = None) -> None:
-        self.workers = max(1, workers)
+    def __init__(
+        self, max_pixels: int, metrics: Any = None, inline: InlineLimits = PARALLEL_INLINE
+    ) -> None:
         self.max_pixels = max_pixels
         self.metrics = metrics
-        self._limiter = anyio.CapacityLimiter(self.workers)
+        self.inline = inline
 
     def _run(
-        self, model: LoadedModel, blobs: Sequence[bytes], enqueued: float, inline: bool = False
+        self,
+        model: LoadedModel,
+        blobs: Sequence[bytes],
+        enqueued: float,
+        inline: InlineLimits | None = None,
     ) -> np.ndarray:
         started = time.perf_counter()
         x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=inline)
@@ -154,29 +177,12 @@ class ParallelEngine:
 
     async def classify(self, model: LoadedModel, blobs: list[bytes]) -> np.ndarray:
         enqueued = time.perf_counter()
-        if model.call_seconds * len(blobs) < INLINE_CALL_SECONDS:
+        if model.call_seconds * len(blobs) <= self.inline.seconds:
             try:
-                return self._run(model, blobs, enqueued, inline=True)
+                return self._run(model, blobs, enqueued, self.inline)
             except _TooBigForInline:
                 pass
-        parts = min(self.workers, len(blobs))
-        if parts <= 1:
-            return await anyio.to_thread.run_sync(
-                self._run, model, blobs, enqueued, limiter=self._limiter
-            )
-        bounds = np.linspace(0, len(blobs), parts + 1).astype(int)
-        results: list[np.ndarray | None] = [None] * parts
-
-        async def part(i: int) -> None:
-            chunk = blobs[bounds[i] : bounds[i + 1]]
-            results[i] = await anyio.to_thread.run_sync(
-                self._run, model, chunk, enqueued, limiter=self._limiter
-            )
-
-        async with anyio.create_task_group() as tg:
-            for i in range(parts):
-                tg.start_soon(part, i)
-        return np.concatenate([r for r in results if r is not None])
+        return await anyio.to_thread.run_sync(self._run, model, blobs, enqueued)
 
 
 @dataclass
@@ -246,7 +252,7 @@ class BatchingEngine:
 
     async def classify(self, model: LoadedModel, blobs: list[bytes]) -> np.ndarray:
         try:
-            x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=True)
+            x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=BATCHING_INLINE)
         except _TooBigForInline:
             x = await anyio.to_thread.run_sync(
                 decode_all, blobs, model, self.max_pixels, self.metrics

@@ -21,7 +21,7 @@ import numpy as np
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, Manifest
 from handserve.images import ImageSpec
-from handserve.runtimes import Runtime, available_cpus, choose_runtime_name, open_runtime
+from handserve.runtimes import Runtime, choose_runtime_name, open_runtime
 from service.config import ServiceConfig
 from service.errors import ApiError
 
@@ -127,11 +127,6 @@ class ModelRegistry:
             reason = reason.replace(prefix.rstrip("/") + "/", "")
         self.refused.append(RefusedModel(name, version, reason[:500]))
 
-    @property
-    def workers(self) -> int:
-        """Interpreters per LiteRT model: the configured number, or one per usable CPU."""
-        return self.cfg.interpreters or available_cpus()
-
     def _load_one(self, root: Path, name: str, version: int) -> LoadedModel:
         vdir = artifacts.version_dir(root, name, version)
         manifest = artifacts.load_verified(vdir)
@@ -142,7 +137,7 @@ class ModelRegistry:
             runtime=self.runtime_name,
             litert_file=self.cfg.litert_file,
             num_threads=self.cfg.num_threads,
-            instances=self.workers,
+            instances=self.cfg.interpreters,
         )
         file = runtime.file if runtime.name == "litert" else "saved_model/saved_model.pb"
         sha = next((e.sha256 for e in manifest.files if e.path == file), "")
@@ -166,9 +161,7 @@ class ModelRegistry:
         """
         shape = model.manifest.input.shape
         if model.runtime.name == "litert":
-            # the parallel engine splits a /predict_batch request across the pool
-            largest = -(-self.cfg.max_batch_images // self.workers)
-            copies = self.workers
+            largest, copies = min(self.cfg.max_batch_images, 64), self.cfg.interpreters
         else:
             largest, copies = self.cfg.max_batch_size, 1
         sizes = sorted({1, min(8, largest), largest})

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from handserve.runtimes import available_cpus, choose_runtime_name
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.errors import STATUS, ApiError, is_input_error
@@ -48,6 +49,10 @@ from service.schemas import (
 log = logging.getLogger("handserve.service")
 
 CONFIG = load_service_config()
+RUNTIME = choose_runtime_name(CONFIG.runtime)
+#: LiteRT: a worker process per usable core (each runs its own requests); SavedModel: one
+#: process whose batches use the whole machine (or the GPU).
+WORKERS = CONFIG.workers or (1 if RUNTIME == "savedmodel" else available_cpus())
 STATIC_DIR = Path(__file__).parent / "static"
 
 app = FastAPI(
@@ -74,7 +79,7 @@ routes = ClassRoutes()
 
 @bentoml.service(
     name="handserve",
-    workers=CONFIG.workers,
+    workers=WORKERS,
     threads=CONFIG.threads,
     traffic={"timeout": CONFIG.timeout_s},
     tracing={"excluded_urls": "predict,predict_batch"},
@@ -130,7 +135,7 @@ class HandServe:
             return BatchingEngine(
                 self.cfg.max_batch_size, self.cfg.max_latency_ms, self.cfg.max_pixels, self.metrics
             )
-        return ParallelEngine(self.registry.workers, self.cfg.max_pixels, self.metrics)
+        return ParallelEngine(self.cfg.max_pixels, self.metrics)
 
     def __is_ready__(self) -> bool:
         return self.registry.ready

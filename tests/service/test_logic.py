@@ -127,7 +127,7 @@ def test_config_from_env_and_file(tmp_path) -> None:
     [
         {"HANDSERVE_RUNTIME": "tpu"},
         {"HANDSERVE_WORKERS": "two"},
-        {"HANDSERVE_WORKERS": "0"},
+        {"HANDSERVE_WORKERS": "-1"},
         {"HANDSERVE_VERSIONS": "a=0"},
         {"HANDSERVE_LITERT_FILE": "model.bin"},
     ],
