@@ -191,6 +191,7 @@ class _Item:
 
     image: np.ndarray
     enqueued: float
+    warmup: bool = False  # kept out of the metrics
 
 
 class BatchingEngine:
@@ -244,8 +245,9 @@ class BatchingEngine:
             started = time.perf_counter()
             x = np.stack([item.image for item in items])
             scores = await anyio.to_thread.run_sync(model.runtime.predict, x)
-            waits = [started - item.enqueued for item in items]
-            record_batch(self.metrics, model, scores, time.perf_counter() - started, waits)
+            if not all(item.warmup for item in items):
+                waits = [started - item.enqueued for item in items]
+                record_batch(self.metrics, model, scores, time.perf_counter() - started, waits)
             return list(scores)
 
         return run_batch
@@ -277,4 +279,5 @@ class BatchingEngine:
         """
         fn = self._dispatcher(model)
         for _ in range(calls):
-            await fn(_Item(np.zeros(model.manifest.input.shape, np.uint8), time.perf_counter()))
+            image = np.zeros(model.manifest.input.shape, np.uint8)
+            await fn(_Item(image, time.perf_counter(), warmup=True))

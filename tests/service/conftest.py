@@ -3,7 +3,8 @@
 The ``server`` fixture is shared by every real-server test (ours and the demo-page and
 Prometheus tests) so the suite starts ``bentoml serve`` once. Its models folder holds the tiny
 export as ``tiny``, a copy as ``digits`` (two models to choose from) and a copy with one byte
-flipped as ``broken`` (must be refused while the others serve). A warm-up delay makes the
+flipped as ``broken`` (must be refused while the others serve; ``digits`` is the configured
+default, so requests that name no model are served). A warm-up delay makes the
 not-ready window long enough to observe from the start of the process.
 """
 
@@ -65,7 +66,12 @@ def _poll_readiness(url: str, started: float, out: list, stop: threading.Event) 
 def server(service_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One ``bentoml serve`` subprocess (LiteRT runtime) for the whole session."""
     home = tmp_path_factory.mktemp("bentoml_home")
-    env = {"HANDSERVE_RUNTIME": "litert", "HANDSERVE_WARMUP_DELAY_S": str(WARMUP_DELAY_S)}
+    env = {
+        "HANDSERVE_RUNTIME": "litert",
+        "HANDSERVE_WARMUP_DELAY_S": str(WARMUP_DELAY_S),
+        # "broken" sorts first; requests that name no model go to the configured default
+        "HANDSERVE_DEFAULT_MODEL": "digits",
+    }
     with running_server(service_models, home, env) as (url, proc, started):
         srv = Server(url, service_models, proc, next(home.glob("server-*.log")))
         stop = threading.Event()

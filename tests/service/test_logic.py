@@ -180,11 +180,27 @@ def _png(width: int, height: int) -> bytes:
 
 
 def test_inline_decode_only_for_few_bytes_and_few_pixels() -> None:
+    """The event loop decodes only small images; the cap is read from the header."""
+    from handserve.artifacts import InputContract, Manifest
+
+    class Model:  # what decode_all reads of a loaded model
+        manifest = Manifest("m", 1, ["a"], InputContract(28, 28, 1), {}, [])
+        spec = manifest.input.image_spec
+
+    limits = inference.InlineLimits(bytes=16 * 1024, pixels=256 * 256)
     small, flat_big = _png(28, 28), _png(3000, 3000)
-    assert len(flat_big) < inference.INLINE_DECODE_BYTES  # a flat image compresses to nothing
-    assert inference.decode_is_cheap([small, small])
-    assert not inference.decode_is_cheap([flat_big])  # its decode would stall the event loop
-    assert not inference.decode_is_cheap([small] * 2 + [b"x" * inference.INLINE_DECODE_BYTES])
+    assert len(flat_big) < limits.bytes  # a flat image compresses to almost nothing
+    out = inference.decode_all([small, small], Model(), 10**8, None, inline=limits)
+    assert out.shape == (2, 28, 28, 1)
+    with pytest.raises(inference._TooBigForInline):  # its decode would stall the event loop
+        inference.decode_all([flat_big], Model(), 10**8, None, inline=limits)
+    with pytest.raises(inference._TooBigForInline):
+        inference.decode_all([small, b"x" * limits.bytes], Model(), 10**8, None, inline=limits)
+    # off the loop the same image decodes, and the real cap still refuses with its own code
+    assert inference.decode_all([flat_big], Model(), 10**8, None).shape == (1, 28, 28, 1)
+    with pytest.raises(ApiError) as info:
+        inference.decode_all([flat_big], Model(), 1000, None, inline=limits)
+    assert info.value.code == "too_many_pixels"
 
 
 def test_openapi_lists_every_error_status() -> None:
