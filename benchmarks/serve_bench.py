@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handserve import artifacts  # noqa: E402
+from handserve.runtimes import LiteRTRuntime, available_cpus  # noqa: E402
 from service.cli import background_server  # noqa: E402
-from service.runtimes import LiteRTRuntime  # noqa: E402
 
 
 def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
@@ -49,7 +49,7 @@ def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
 def ceiling(version_dir: Path, max_batch: int, seconds: float = 3.0) -> dict[int, float]:
     """In-process LiteRT images/s at batch 1 and ``max_batch`` (the server's upper bound)."""
     man = artifacts.read_manifest(version_dir)
-    rt = LiteRTRuntime(version_dir / "model.tflite", fmt=None, num_threads=2, max_batch=max_batch)
+    rt = LiteRTRuntime(version_dir / "model.tflite", num_threads=available_cpus())
     out = {}
     for n in (1, max_batch):
         x = np.zeros((n, *man.input.shape), np.uint8)
@@ -95,7 +95,13 @@ async def batch_hist(session: aiohttp.ClientSession, url: str) -> tuple[float, f
 
 
 async def run_cell(
-    url: str, model: str, image: bytes, concurrency: int, seconds: float, batch_images: int
+    url: str,
+    model: str,
+    image: bytes,
+    concurrency: int,
+    seconds: float,
+    batch_images: int,
+    ctype: str = "image/png",
 ) -> dict[str, Any]:
     """A closed loop of ``concurrency`` clients for ``seconds``; returns the row's numbers."""
     latencies: list[float] = []
@@ -117,8 +123,8 @@ async def run_cell(
                     form.add_field(
                         "images" if batch_images > 1 else "image",
                         image,
-                        filename=f"{i}.png",
-                        content_type="image/png",
+                        filename=f"{i}",
+                        content_type=ctype,
                     )
                 t0 = time.perf_counter()
                 try:
@@ -154,9 +160,14 @@ async def run_cell(
 async def main_async(args: argparse.Namespace, url: str, model: str, image: bytes) -> list:
     await wait_ready(url)
     rows = []
-    for batch_images in (1, args.batch_images):
+    ctype = (
+        "image/jpeg"
+        if args.image and args.image.suffix.lower() in (".jpg", ".jpeg")
+        else "image/png"
+    )
+    for batch_images in [n for n in (1, args.batch_images) if n not in args.skip]:
         for c in args.concurrency:
-            row = await run_cell(url, model, image, c, args.seconds, batch_images)
+            row = await run_cell(url, model, image, c, args.seconds, batch_images, ctype)
             row.update(kind="single" if batch_images == 1 else f"batch×{batch_images}", c=c)
             print(
                 f"  {row['kind']:>9} c={c:<3} {row['rps']:7.1f} req/s "
@@ -178,6 +189,12 @@ def main() -> int:
     parser.add_argument("--batch-images", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--env", nargs="*", default=[], help="extra KEY=VALUE for the server")
+    parser.add_argument(
+        "--image", type=Path, default=None, help="send this file (default: a PNG of noise)"
+    )
+    parser.add_argument(
+        "--skip", type=int, nargs="*", default=[], help="images per request to skip (1: single)"
+    )
     args = parser.parse_args()
 
     models = artifacts.list_models(args.models_dir)
@@ -187,7 +204,7 @@ def main() -> int:
     model = args.model or sorted(models)[0]
     vdir = artifacts.version_dir(args.models_dir, model)
     man = artifacts.read_manifest(vdir)
-    image = test_image(man.input.shape)
+    image = args.image.read_bytes() if args.image else test_image(man.input.shape)
     print(
         f"model {model}/{vdir.name} input {man.input.shape}, load average "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"

@@ -182,7 +182,22 @@ class ParallelEngine:
                 return self._run(model, blobs, enqueued, self.inline)
             except _TooBigForInline:
                 pass
-        return await anyio.to_thread.run_sync(self._run, model, blobs, enqueued)
+        # A long request is split over the worker's interpreters, each part in a thread: the
+        # model calls release the GIL, so one request can use more than one core.
+        parts = min(len(blobs), getattr(model.runtime, "instances", 1))
+        if parts <= 1:
+            return await anyio.to_thread.run_sync(self._run, model, blobs, enqueued)
+        bounds = np.linspace(0, len(blobs), parts + 1).astype(int)
+        results: list[np.ndarray] = [np.empty(0)] * parts
+
+        async def part(i: int) -> None:
+            chunk = blobs[bounds[i] : bounds[i + 1]]
+            results[i] = await anyio.to_thread.run_sync(self._run, model, chunk, enqueued)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(parts):
+                tg.start_soon(part, i)
+        return np.concatenate(results)
 
 
 @dataclass

@@ -161,10 +161,12 @@ class ModelRegistry:
         """
         shape = model.manifest.input.shape
         if model.runtime.name == "litert":
-            largest, copies = min(self.cfg.max_batch_images, 64), self.cfg.interpreters
+            # Single images and the common small batches; a larger batch builds its interpreter
+            # on first use (tens of ms) rather than every worker holding its memory from start.
+            sizes, copies = [1, min(8, self.cfg.max_batch_images)], self.cfg.interpreters
         else:
-            largest, copies = self.cfg.max_batch_size, 1
-        sizes = sorted({1, min(8, largest), largest})
+            sizes, copies = [1, min(8, self.cfg.max_batch_size), self.cfg.max_batch_size], 1
+        sizes = sorted(set(sizes))
         one = np.zeros((1, *shape), np.uint8)
         timings = []
         for _ in range(max(5, self.cfg.warmup_batches)):

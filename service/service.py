@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,7 @@ class HandServe:
         self.admission = Admission(self.cfg.max_inflight_images, self.cfg.retry_after_s)
         self.engine: Engine | None = None  # chosen once the runtime is known
         self._loader: asyncio.Task[None] | None = None
+        self._all_ready = False
         app.state.metrics = self.metrics
 
     # ------------------------------------------------------------------ lifecycle
@@ -124,6 +127,7 @@ class HandServe:
                 )
                 return
             self.registry.mark_ready()
+            self._mark_worker_ready()
             log.info("ready (%s engine)", self.engine.kind)
         except Exception as exc:
             self.registry.load_error = f"loading models failed: {type(exc).__name__}"
@@ -138,7 +142,26 @@ class HandServe:
         return ParallelEngine(self.cfg.max_pixels, self.metrics)
 
     def __is_ready__(self) -> bool:
-        return self.registry.ready
+        """Ready when every worker process of this server is: any of them may get a request."""
+        if self._all_ready:
+            return True
+        if not self.registry.ready:
+            return False
+        self._all_ready = len(list(_ready_dir().glob("worker-*"))) >= WORKERS
+        return self._all_ready
+
+    def _mark_worker_ready(self) -> None:
+        from bentoml._internal.context import server_context
+
+        folder = _ready_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"worker-{server_context.worker_index}").touch()
+
+    @bentoml.on_shutdown
+    def _unmark_worker(self) -> None:
+        import shutil
+
+        shutil.rmtree(_ready_dir(), ignore_errors=True)
 
     # ------------------------------------------------------------------ endpoints
     @routes.post(
@@ -204,6 +227,16 @@ class HandServe:
         finally:
             self.admission.release(n)
         return model, scores, params.top_k or self.cfg.top_k
+
+
+def _ready_dir() -> Path:
+    """Where the worker processes of one server mark themselves ready.
+
+    BentoML answers ``/readyz`` from whichever worker gets the request, and each worker loads
+    its models itself; the server is ready only when all are. The workers share a parent (the
+    ``bentoml serve`` process), so its PID names their common folder.
+    """
+    return Path(tempfile.gettempdir()) / f"handserve-ready-{os.getppid()}"
 
 
 def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
