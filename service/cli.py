@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key}={value}")  # noqa: T201 - CLI output
         print(" ".join(cmd))  # noqa: T201 - CLI output
         return 0
+    # BentoML keeps the Prometheus multiprocess files of a server in $BENTOML_HOME and wipes
+    # them when a server starts: a second server on the same host would erase the first one's
+    # counters and mix its own in. Each server gets a home of its own (it serves from source,
+    # so nothing from the Bento store is needed).
+    env["BENTOML_HOME"] = tempfile.mkdtemp(prefix="handserve-bentoml-home-")
     log.info("starting %s with %s", " ".join(cmd), shown)
     # Become the server: signals sent to this PID (SIGTERM from a supervisor, Ctrl-C) reach
     # `bentoml serve` itself, which shuts its workers down gracefully. A child process would

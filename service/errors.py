@@ -7,6 +7,7 @@ messages. The codes double as the ``reason`` label of ``handserve_rejected_input
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from handserve.images import ImageDecodeError
@@ -70,3 +71,72 @@ def is_input_error(code: str) -> bool:
         "not_found",
         "method_not_allowed",
     )
+
+
+#: Codes for refusals made outside the service's routes (BentoML's own routes and router).
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "body_timeout",
+    413: "body_too_large",
+    500: "internal",
+    503: "not_ready",
+    504: "timeout",
+}
+
+
+class JSONErrors:
+    """ASGI middleware: every error answer in the service's ``{"error": {code, message}}`` shape.
+
+    The service's own routes already answer so; this covers what BentoML answers around them
+    (``/readyz`` while loading, an unknown path, a wrong method), so clients parse one shape.
+    An error that is already JSON passes through untouched.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def send_shaped(message: dict[str, Any]) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                headers = dict(message.get("headers", []))
+                if not headers.get(b"content-type", b"").startswith(b"application/json"):
+                    replaced = True
+                    status = message["status"]
+                    code = _CODE_BY_STATUS.get(status, "error")
+                    path = str(scope.get("path", ""))[:100]
+                    text = {
+                        "not_ready": "the server is not ready: models are loading or none could "
+                        "be served (see /models)",
+                    }.get(code, f"{scope.get('method', '')} {path}: {code.replace('_', ' ')}")
+                    body = json.dumps(ApiError(code, text).body()).encode()
+                    kept = [
+                        (k, v)
+                        for k, v in message.get("headers", [])
+                        if k.lower() not in (b"content-type", b"content-length")
+                    ]
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": status,
+                            "headers": [
+                                *kept,
+                                (b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                            ],
+                        }
+                    )
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            if replaced:  # the original body is dropped; ours was sent whole
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_shaped)

@@ -246,7 +246,7 @@ class BatchingEngine:
                     headers={"Retry-After": "1"},
                 )
 
-            dispatcher = CorkDispatcher(
+            dispatcher: Any = CorkDispatcher(
                 max_latency_in_ms=self.max_latency_ms,
                 max_batch_size=self.max_batch_size,
                 fallback=overloaded,

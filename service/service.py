@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from handserve.runtimes import available_cpus, choose_runtime_name
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
-from service.errors import STATUS, ApiError, is_input_error
+from service.errors import STATUS, ApiError, JSONErrors, is_input_error
 from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
 from service.parsing import parse_params, parse_request
 from service.registry import LoadedModel, ModelRegistry, top_k
@@ -273,6 +273,9 @@ async def _internal(request: Request, exc: Exception) -> Response:
 
 
 routes.bind(app, bentoml.get_current_service)
+# The decorator made HandServe a bentoml Service (typed as the class it wraps).
+_bentoml_service: Any = HandServe
+_bentoml_service.add_asgi_middleware(JSONErrors)
 
 
 @app.get("/demo", include_in_schema=False)
