@@ -24,6 +24,8 @@ import requests
 from tests.service.helpers import copy_version, corrupt, running_server, wait_ready
 
 WARMUP_DELAY_S = 2.0
+#: Short, so the stalled-client tests finish quickly (the default is 5 s).
+BODY_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -71,6 +73,7 @@ def server(service_models: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "HANDSERVE_WARMUP_DELAY_S": str(WARMUP_DELAY_S),
         # "broken" sorts first; requests that name no model go to the configured default
         "HANDSERVE_DEFAULT_MODEL": "digits",
+        "HANDSERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     with running_server(service_models, home, env) as (url, proc, started):
         srv = Server(url, service_models, proc, next(home.glob("server-*.log")))
