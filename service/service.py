@@ -18,6 +18,7 @@ decorator needs the worker numbers); docs/service.md has the why of each choice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import tempfile
@@ -126,6 +127,12 @@ class HandServe:
                     "no model could be served from %s; /readyz stays 503", self.cfg.models_dir
                 )
                 return
+            # Everything allocated so far (libraries, models) lives as long as the process:
+            # moved out of the collector's reach, a full collection no longer walks it. Before
+            # this, gen-2 collections stalled the event loop for ~130 ms about once a second
+            # under load (a p99 of 160 ms where p95 was 60 ms, digits at concurrency 64).
+            gc.collect()
+            gc.freeze()
             self.registry.mark_ready()
             self._mark_worker_ready()
             log.info("ready (%s engine)", self.engine.kind)
