@@ -45,11 +45,37 @@ class Runtime(Protocol):
 
 
 def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which container limits often set)."""
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota.
+
+    A container limited to 2 CPUs still sees every CPU of its node in the affinity mask; the
+    quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1) is what it may really use.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, max(1, int(-(-quota // 1))))
+    return max(1, cpus)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The cgroup's CPU limit in CPUs, or None when there is none (or no cgroup to read)."""
+    try:
+        text = (root / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        if quota > 0 and period > 0:
+            return quota / period
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def gpu_visible() -> bool:
