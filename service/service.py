@@ -1,16 +1,16 @@
 """The BentoML service: ``bentoml serve service.service:HandServe``.
 
-Every public endpoint is a typed route on the :class:`HandServe` class below (FastAPI class
-views, which BentoML binds to the service instance), so the OpenAPI document comes from the
-types in :mod:`service.schemas`. A predict request travels one way and each step returns its
-result to the caller:
+Every public endpoint is a route declared on the :class:`HandServe` class below (FastAPI,
+mounted with ``@bentoml.asgi_app``; :mod:`service.routes` binds them to the running instance),
+and the OpenAPI document comes from the types in :mod:`service.schemas`. A predict request
+travels one way and each step returns its result to the caller:
 
-    parse (service.parsing) -> resolve the model (service.registry)
-        -> decode and run (service.inference: a pool of LiteRT interpreters in parallel, or
-           BentoML's adaptive batching for TensorFlow SavedModel) -> answer
+    parse (service.parsing) -> resolve the model (service.registry) -> admit
+        -> decode and run (service.inference: LiteRT side by side, one worker process per
+           core; or BentoML's adaptive batching for TensorFlow SavedModel) -> answer
 
 Models load in a background task so ``/livez`` answers at once; ``__is_ready__`` makes
-``/readyz`` 503 until every model is verified and warm. Configuration comes from
+``/readyz`` 503 until every model is verified and warm in every worker. Configuration comes from
 ``$HANDSERVE_CONFIG`` and ``HANDSERVE_*`` variables (read at import, because BentoML's
 decorator needs the worker numbers); docs/service.md has the why of each choice.
 """
@@ -181,6 +181,14 @@ class HandServe:
         tags=["predict"],
     )
     async def predict(self, request: Request) -> Response:
+        """One image -> the ``top_k`` best classes of the model, best first.
+
+        Parameters (``service.schemas.Params``), as query parameters, form fields or JSON keys:
+        ``model`` (default: the default model), ``version`` (default: the served one),
+        ``top_k`` (default: ``top_k`` of the config). Body: a multipart file, a raw
+        ``image/*`` body, or JSON ``{"image": base64}`` (``PredictForm``, ``PredictJSON``).
+        Answer: ``PredictResponse``; refusals: ``ErrorResponse`` (docs/service.md).
+        """
         chosen, scores, k = await self._classify(request, batch=False)
         return JSONResponse(
             {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
@@ -196,6 +204,12 @@ class HandServe:
         tags=["predict"],
     )
     async def predict_batch(self, request: Request) -> Response:
+        """Several images (at most ``max_batch_images``) -> one result per image, in order.
+
+        Parameters as for ``predict``. Body: a multipart file field per image, or JSON
+        ``{"images": [base64, ...]}`` (``PredictBatchForm``, ``PredictBatchJSON``).
+        Answer: ``PredictBatchResponse``.
+        """
         chosen, scores, k = await self._classify(request, batch=True)
         results = [_ranked(row, chosen, k) for row in scores]
         return JSONResponse({"model": chosen.name, "version": chosen.version, "results": results})
@@ -206,6 +220,8 @@ class HandServe:
         tags=["models"],
     )
     async def models(self) -> dict[str, Any]:
+        """What is served (labels, input contract, runtime, file, sha256, export metrics) and
+        what was refused with the reason."""
         return self.registry.describe()
 
     # ------------------------------------------------------------------ the request path
