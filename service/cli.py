@@ -97,7 +97,8 @@ def background_server(
     """``bentoml serve`` on a free loopback port in its own process group, for tests and benchmarks.
 
     Yields the base URL and the process as soon as it is started (callers poll ``/readyz``);
-    on exit the whole group (BentoML's workers too) gets SIGTERM, then SIGKILL after 15 s.
+    on exit the server gets SIGTERM (it stops its workers), and whatever of it is left, workers
+    included, SIGKILL after 15 s.
     """
     port = free_port()
     env = dict(os.environ)
@@ -122,11 +123,16 @@ def background_server(
         try:
             yield f"http://127.0.0.1:{port}", proc
         finally:
+            # The workers may sit in process groups of their own: note them before stopping.
+            import psutil
+
+            family: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            _, alive = psutil.wait_procs(family, timeout=15)
+            for leftover in alive:
+                with contextlib.suppress(psutil.Error):
+                    leftover.kill()
+            proc.wait(5)

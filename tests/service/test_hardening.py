@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import psutil
 import pytest
 import requests
 from PIL import Image
@@ -218,6 +219,18 @@ def _handserve_serve(models: Path, port: int, log: Path) -> subprocess.Popen[byt
         )
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server (it stops its workers), then SIGKILL whatever is left of it."""
+    if proc.poll() is not None:
+        return
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=20)
+    for p in alive:
+        p.kill()
+    proc.wait(10)
+
+
 def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -263,21 +276,14 @@ def test_two_servers_keep_their_metrics_apart_and_sigterm_stops_the_server(
         assert _predictions_total(url_a) == 4
 
         # `handserve serve` is the server itself: SIGTERM to its PID stops every worker.
+        workers = psutil.Process(procs[0].pid).children(recursive=True)
+        assert workers  # BentoML's worker processes, children of the server
         procs[0].send_signal(signal.SIGTERM)
         procs[0].wait(timeout=60)
         with pytest.raises(requests.ConnectionError):
             requests.get(url_a + "/livez", timeout=5)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # no worker is left behind in its process group
-            try:
-                os.killpg(procs[0].pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("processes of the stopped server are still running")
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, f"workers of the stopped server still run: {alive}"
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            _stop(proc)
