@@ -1,11 +1,11 @@
 """From encoded images to scores: decode, then run the model the way its runtime pays.
 
 Measured on 2 CPU cores (docs/service.md has the tables): LiteRT gains nothing from batches
-on a CPU, so :class:`ParallelEngine` runs each request at once on a free interpreter of the
-runtime's pool, decoding in the same worker thread (one thread hand-off per request).
-TensorFlow SavedModel, the GPU path, multiplies its throughput with batches (digits CNN: 930 to
-4,700 images/s from batch 1 to 32), so :class:`BatchingEngine` joins concurrent requests into
-batches with BentoML's adaptive batching dispatcher, in process.
+on a CPU, so :class:`ParallelEngine` runs each request at once, side by side with the other
+worker processes (one per core), on the event loop when the work is small. TensorFlow
+SavedModel, the GPU path, multiplies its throughput with batches (digits CNN: 930 to 4,700
+images/s from batch 1 to 32), so :class:`BatchingEngine` joins concurrent requests into batches
+with BentoML's adaptive batching dispatcher, in process.
 
 Either way a request travels one way and gets its scores back as a return value:
 ``classify(model, blobs) -> scores``.
@@ -13,6 +13,7 @@ Either way a request travels one way and gets its scores back as a return value:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -111,6 +112,7 @@ def decode_all(
     cap = min(max_pixels, inline.pixels) if inline is not None else max_pixels
     spec = model.spec
     out = np.empty((len(blobs), *model.manifest.input.shape), np.uint8)
+    seconds = []
     for i, blob in enumerate(blobs):
         t0 = time.perf_counter()
         try:
@@ -119,8 +121,10 @@ def decode_all(
             if exc.code == "too_many_pixels" and cap < max_pixels:
                 raise _TooBigForInline from None
             raise ApiError.from_decode(exc, i if len(blobs) > 1 else None) from None
-        if metrics is not None:
-            metrics.preprocess_seconds.observe(time.perf_counter() - t0)
+        seconds.append(time.perf_counter() - t0)
+    if metrics is not None:  # once all decoded: a retry in a thread must not count twice
+        for value in seconds:
+            metrics.preprocess_seconds.observe(value)
     return out
 
 
@@ -188,15 +192,15 @@ class ParallelEngine:
         if parts <= 1:
             return await anyio.to_thread.run_sync(self._run, model, blobs, enqueued)
         bounds = np.linspace(0, len(blobs), parts + 1).astype(int)
-        results: list[np.ndarray] = [np.empty(0)] * parts
-
-        async def part(i: int) -> None:
-            chunk = blobs[bounds[i] : bounds[i + 1]]
-            results[i] = await anyio.to_thread.run_sync(self._run, model, chunk, enqueued)
-
-        async with anyio.create_task_group() as tg:
-            for i in range(parts):
-                tg.start_soon(part, i)
+        # gather raises the first part's error as it is (an ApiError naming a bad image)
+        results = await asyncio.gather(
+            *(
+                anyio.to_thread.run_sync(
+                    self._run, model, blobs[bounds[i] : bounds[i + 1]], enqueued
+                )
+                for i in range(parts)
+            )
+        )
         return np.concatenate(results)
 
 
@@ -276,15 +280,9 @@ class BatchingEngine:
             )
         fn = self._dispatcher(model)
         now = time.perf_counter()
-        results: list[np.ndarray | None] = [None] * len(x)
-
-        async def one(i: int) -> None:
-            results[i] = await fn(_Item(x[i], now))
-
-        async with anyio.create_task_group() as tg:
-            for i in range(len(x)):
-                tg.start_soon(one, i)
-        return np.stack([r for r in results if r is not None])
+        if len(x) == 1:
+            return np.stack([await fn(_Item(x[0], now))])
+        return np.stack(await asyncio.gather(*(fn(_Item(image, now)) for image in x)))
 
     async def warm_up(self, model: LoadedModel, calls: int = 12) -> None:
         """Send single images through the dispatcher before going ready.

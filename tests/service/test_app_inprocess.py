@@ -192,3 +192,20 @@ def test_app_refuses_beyond_capacity_with_retry_after(models_dir: Path) -> None:
         assert resp.json()["error"]["code"] == "overloaded"
         svc.admission.release(2)
         assert c.post("/predict_batch", json={"images": imgs}).status_code == 200
+
+
+def test_a_bad_image_in_a_split_batch_is_named(models_dir: Path) -> None:
+    """A long /predict_batch runs in parts on threads; a bad image still gets its 400."""
+    from service.inference import InlineLimits, ParallelEngine
+
+    cfg = ServiceConfig(models_dir=str(models_dir), runtime="litert", warmup_batches=0)
+    imgs = [base64.b64encode(digit_png(i)).decode() for i in range(4)]
+    imgs[2] = base64.b64encode(b"not an image").decode()
+    with inprocess_client(cfg) as (c, svc):
+        svc.engine = ParallelEngine(cfg.max_pixels, None, inline=InlineLimits(0, 0))
+        resp = c.post("/predict_batch", json={"images": imgs})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["message"].startswith("image 2:")
+        good = [imgs[0], imgs[1], imgs[3]]
+        resp = c.post("/predict_batch", json={"images": good})
+        assert resp.status_code == 200 and len(resp.json()["results"]) == 3
