@@ -38,7 +38,7 @@ class Parsed:
 
 
 def parse_params(raw: Mapping[str, Any], where: str) -> Params:
-    """Validate parameters from a form or JSON body (the query string goes through FastAPI)."""
+    """Validate parameters from the query string, form fields or JSON keys (``where``)."""
     try:
         return Params.model_validate(dict(raw))
     except ValidationError as exc:
