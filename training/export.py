@@ -73,6 +73,11 @@ TFLITE_FORMATS = (
 )
 SAVED_MODEL_KEY = "saved_model"
 SAVED_MODEL_DIR = "saved_model"
+#: Formats a version cannot be published without: what the service runs (``model.tflite`` on
+#: CPU, the SavedModel on GPU). Any other format that misses its parity bound is left out.
+REQUIRED_FORMATS = (SAVED_MODEL_KEY, "tflite_fp32")
+#: ``--formats`` names: the LiteRT files an export may build.
+FORMAT_CHOICES = {"fp32": "tflite_fp32", "fp16": "tflite_fp16", "int8": "tflite_int8"}
 #: Name of the SavedModel signature's input and output tensors.
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -342,6 +347,7 @@ def export_run(
     verify: bool = True,
     test_data: tuple[np.ndarray, np.ndarray, str] | None = None,
     num_threads: int | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> Path:
     """Export a run folder as the next version of ``models_dir/name`` and return its path.
 
@@ -349,15 +355,20 @@ def export_run(
         run_dir: a finished run folder (docs/architecture.md).
         models_dir: the models folder; ``name/`` is created inside it if needed.
         name: model name (lower case, see :func:`handserve.artifacts.validate_name`).
-        verify: run every format on labelled images, record per-format metrics in the manifest
-            and refuse to publish if a format misses :data:`training.verify.PARITY_BOUNDS`.
-            ``False`` skips that (faster; the manifest then has no per-format metrics).
+        verify: run every format on labelled images and record per-format metrics in the
+            manifest. A format that misses :data:`training.verify.PARITY_BOUNDS` is left out of
+            the version (its file deleted, the reason recorded under
+            ``metrics.export_evaluation.left_out``); if it is one of :data:`REQUIRED_FORMATS`
+            nothing is published. ``False`` skips the check (no per-format metrics).
         test_data: ``(x, y, description)`` to measure on (e.g. the full test split) instead of
             the run's ``samples.npz``.
         num_threads: LiteRT interpreter threads for the parity run.
+        formats: manifest keys of the LiteRT files to build (default: all of
+            :data:`TFLITE_FORMATS`); ``tflite_fp32`` is always built.
 
     Raises:
-        ExportError: the run folder is incomplete, a conversion used Flex ops, or parity failed.
+        ExportError: the run folder is incomplete, a conversion used Flex ops, or a required
+            format failed parity.
         ArtifactError: the name is invalid, or the version appeared meanwhile (concurrent export).
     """
     models_dir = Path(models_dir)
@@ -371,10 +382,11 @@ def export_run(
 
         write_saved_model(model, tmp / SAVED_MODEL_DIR, run.contract)
         saved = FormatEntry(path=SAVED_MODEL_DIR, kind="saved_model", precision="float32")
-        formats: dict[str, FormatEntry] = {SAVED_MODEL_KEY: saved}
+        formats_built: dict[str, FormatEntry] = {SAVED_MODEL_KEY: saved}
         with np.load(run.path / "calibration.npz") as cal:
             calibration = cal["x"]
-        for spec in TFLITE_FORMATS:
+        wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), "tflite_fp32"}
+        for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
             log.info("converting %s", spec.filename)
             data, entry = convert_tflite(tmp / SAVED_MODEL_DIR, spec.precision, calibration)
             path = tmp / spec.filename
@@ -384,7 +396,7 @@ def export_run(
             entry = dataclasses.replace(entry, path=spec.filename)
             embed_metadata(path, run.labels, _embedded_metadata(name, version, run, entry))
             _check_tflite_file(path, run.labels)
-            formats[spec.key] = entry
+            formats_built[spec.key] = entry
 
         evaluation: dict[str, Any] | None = None
         if verify:
@@ -394,19 +406,27 @@ def export_run(
             else:
                 x, y, data_desc = test_data
             report = verify_mod.check_parity(
-                tmp, formats, x, y, keras_model=model, data=data_desc, num_threads=num_threads
+                tmp, formats_built, x, y, keras_model=model, data=data_desc, num_threads=num_threads
             )
             log.info("parity at export:\n%s", verify_mod.format_table(report))
-            if report.failures:
-                raise ExportError("parity check failed: " + "; ".join(report.failures))
+            failed = {r.name: r.failures for r in report.results if r.failures}
+            fatal = [f"{k}: {'; '.join(v)}" for k, v in failed.items() if k in REQUIRED_FORMATS]
+            if fatal:
+                raise ExportError("parity check failed: " + "; ".join(fatal))
+            for key, reasons in failed.items():
+                (tmp / formats_built[key].path).unlink()
+                del formats_built[key]
+                log.warning("%s left out of %s/%d: %s", key, name, version, "; ".join(reasons))
             by_name = {r.name: r for r in report.results}
-            formats = {
-                k: dataclasses.replace(f, metrics=by_name[k].metrics()) for k, f in formats.items()
+            formats_built = {
+                k: dataclasses.replace(f, metrics=by_name[k].metrics())
+                for k, f in formats_built.items()
             }
             evaluation = {
                 "data": data_desc,
                 "images": len(x),
                 "keras": by_name["keras"].metrics(),
+                "left_out": dict(failed),
             }
 
         manifest = Manifest(
@@ -414,7 +434,7 @@ def export_run(
             version=version,
             labels=run.labels,
             input=run.contract,
-            formats=formats,
+            formats=formats_built,
             files=artifacts.file_entries(tmp),
             created_at=artifacts.now_iso(),
             backbone=run.backbone,
@@ -489,6 +509,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--no-verify", action="store_true", help="skip the parity check (no per-format metrics)"
     )
     parser.add_argument("--num-threads", type=int, default=None, help="LiteRT threads")
+    parser.add_argument(
+        "--formats",
+        default=",".join(FORMAT_CHOICES),
+        help="LiteRT files to build, comma-separated from fp32, fp16, int8 (default: all; "
+        "fp32, the served file, is always built)",
+    )
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``fp32,int8`` -> manifest keys; an unknown name is a ValueError naming the choices."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FORMAT_CHOICES]
+    if unknown:
+        raise ValueError(
+            f"--formats: unknown {', '.join(unknown)}; choose from {', '.join(FORMAT_CHOICES)}"
+        )
+    return tuple(FORMAT_CHOICES[n] for n in names)
+
+
+def report_left_out(path: Path) -> None:
+    """Say on stderr which formats an export left out and why (the version is still good)."""
+    evaluation = artifacts.read_manifest(path).metrics.get("export_evaluation") or {}
+    for key, reasons in (evaluation.get("left_out") or {}).items():
+        sys.stderr.write(f"left out {key} (parity): {'; '.join(reasons)}\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -504,9 +548,11 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             test_data=test_data,
             num_threads=args.num_threads,
+            formats=parse_formats(args.formats),
         )
     except (ExportError, ArtifactError, ValueError) as exc:
         sys.stderr.write(f"export failed: {exc}\n")
         return 1
+    report_left_out(path)
     sys.stdout.write(f"{path}\n")
     return 0

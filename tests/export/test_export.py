@@ -127,7 +127,7 @@ def test_parity_within_bounds(tiny_export: Path) -> None:
     assert set(rows) == {"keras", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8"}
     assert rows["tflite_fp32"].agreement >= 0.999
     assert rows["tflite_fp32"].max_abs_diff <= 1e-4
-    assert rows["tflite_fp16"].agreement >= 0.995
+    assert rows["tflite_fp16"].agreement >= 0.99
     # int8: one point, widened only by the sampling noise of a small sample (see verify.Bound).
     assert rows["keras"].accuracy - rows["tflite_int8"].accuracy <= 0.05
 
@@ -167,12 +167,43 @@ def test_interrupted_export_leaves_nothing(
     assert list((models / "tiny").iterdir()) == []  # no staging folder either
 
 
-def test_failed_parity_publishes_nothing(tiny_run: Path, tmp_path, monkeypatch) -> None:
-    monkeypatch.setitem(verify.PARITY_BOUNDS, "float16", verify.Bound(min_agreement=1.01))
+def test_failed_parity_of_the_served_format_publishes_nothing(
+    tiny_run: Path, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setitem(verify.PARITY_BOUNDS, "float32", verify.Bound(min_agreement=1.01))
     models = tmp_path / "models"
-    with pytest.raises(export.ExportError, match="tflite_fp16"):
+    with pytest.raises(export.ExportError, match="tflite_fp32"):
         export.export_run(tiny_run, models, "tiny")
     assert list((models / "tiny").iterdir()) == []
+
+
+def test_a_format_that_fails_parity_is_left_out_and_the_rest_published(
+    tiny_run: Path, tmp_path, monkeypatch, capsys
+) -> None:
+    """A good model's fp16 file flipping near-ties must not cost the user the whole version."""
+    monkeypatch.setitem(verify.PARITY_BOUNDS, "float16", verify.Bound(min_agreement=1.01))
+    models = tmp_path / "models"
+    argv = ["export", str(tiny_run), "--name", "tiny", "--models-dir", str(models)]
+    assert cli.main(argv) == 0  # the served formats passed: success
+    path = models / "tiny" / "1"
+    manifest = artifacts.load_verified(path)
+    assert set(manifest.formats) == {"saved_model", "tflite_fp32", "tflite_int8"}
+    assert not (path / "model_fp16.tflite").exists()
+    assert "model_fp16.tflite" not in {f.path for f in manifest.files}
+    left_out = manifest.metrics["export_evaluation"]["left_out"]
+    assert list(left_out) == ["tflite_fp16"] and "agreement" in left_out["tflite_fp16"][0]
+    err = capsys.readouterr().err
+    assert "left out tflite_fp16" in err
+
+
+def test_formats_choose_the_litert_files(tiny_run: Path, tmp_path) -> None:
+    models = tmp_path / "models"
+    path = export.export_run(tiny_run, models, "tiny", formats=("tflite_int8",))
+    manifest = artifacts.load_verified(path)
+    assert set(manifest.formats) == {"saved_model", "tflite_fp32", "tflite_int8"}  # fp32 always
+    assert export.parse_formats("fp16, int8") == ("tflite_fp16", "tflite_int8")
+    with pytest.raises(ValueError, match="fp64"):
+        export.parse_formats("fp32,fp64")
 
 
 def test_incomplete_run_folder_is_refused(tiny_run: Path, tmp_path) -> None:
