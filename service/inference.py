@@ -100,8 +100,13 @@ def decode_all(
     metrics: Any,
     *,
     inline: InlineLimits | None = None,
+    offset: int = 0,
+    request_images: int | None = None,
 ) -> np.ndarray:
     """Decode every image for ``model``; the error names the image within a batch request.
+
+    ``blobs`` may be a part of a request's images, starting at ``offset`` of
+    ``request_images``: errors name the image by its place in the request.
 
     With ``inline`` limits (on the event loop) a request over them raises
     :class:`_TooBigForInline`, an image over the pixel cap from its header, before any pixel
@@ -120,7 +125,8 @@ def decode_all(
         except ImageDecodeError as exc:
             if exc.code == "too_many_pixels" and cap < max_pixels:
                 raise _TooBigForInline from None
-            raise ApiError.from_decode(exc, i if len(blobs) > 1 else None) from None
+            many = (request_images or len(blobs)) > 1
+            raise ApiError.from_decode(exc, offset + i if many else None) from None
         seconds.append(time.perf_counter() - t0)
     if metrics is not None:  # once all decoded: a retry in a thread must not count twice
         for value in seconds:
@@ -169,9 +175,19 @@ class ParallelEngine:
         blobs: Sequence[bytes],
         enqueued: float,
         inline: InlineLimits | None = None,
+        offset: int = 0,
+        request_images: int | None = None,
     ) -> np.ndarray:
         started = time.perf_counter()
-        x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=inline)
+        x = decode_all(
+            blobs,
+            model,
+            self.max_pixels,
+            self.metrics,
+            inline=inline,
+            offset=offset,
+            request_images=request_images,
+        )
         t0 = time.perf_counter()
         scores = model.runtime.predict(x)
         record_batch(
@@ -196,7 +212,13 @@ class ParallelEngine:
         results = await asyncio.gather(
             *(
                 anyio.to_thread.run_sync(
-                    self._run, model, blobs[bounds[i] : bounds[i + 1]], enqueued
+                    self._run,
+                    model,
+                    blobs[bounds[i] : bounds[i + 1]],
+                    enqueued,
+                    None,
+                    int(bounds[i]),
+                    len(blobs),
                 )
                 for i in range(parts)
             )
