@@ -38,6 +38,7 @@ class Runtime(Protocol):
     name: str  # "litert" or "savedmodel": also a metric label
     file: str  # the file or folder it runs, relative to the version folder
     input_shape: tuple[int, ...]  # (H, W, C)
+    instances: int  # model calls that may run at once (callers split long inputs over them)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Raw pixels ``(N, H, W, C)`` -> ``float32`` ``(N, num_classes)``; thread safe."""
@@ -225,6 +226,7 @@ class SavedModelRuntime:
 
     name = "savedmodel"
     file = "saved_model"
+    instances = 1  # one call uses every core (or the GPU); callers batch instead
 
     def __init__(self, path: Path) -> None:
         import tensorflow as tf

@@ -204,7 +204,7 @@ class ParallelEngine:
                 pass
         # A long request is split over the worker's interpreters, each part in a thread: the
         # model calls release the GIL, so one request can use more than one core.
-        parts = min(len(blobs), getattr(model.runtime, "instances", 1))
+        parts = min(len(blobs), model.runtime.instances)
         if parts <= 1:
             return await anyio.to_thread.run_sync(self._run, model, blobs, enqueued)
         bounds = np.linspace(0, len(blobs), parts + 1).astype(int)
