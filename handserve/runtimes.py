@@ -79,16 +79,19 @@ def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     return None
 
 
-def gpu_visible() -> bool:
+def gpu_visible(*, import_tensorflow: bool = True) -> bool:
     """Whether TensorFlow would see a GPU, checked without importing TensorFlow when possible.
 
     Importing TensorFlow costs seconds and hundreds of MB, so a LiteRT-only CPU server skips it:
-    no NVIDIA device node or an empty ``CUDA_VISIBLE_DEVICES`` means no GPU.
+    no NVIDIA device node or an empty ``CUDA_VISIBLE_DEVICES`` means no GPU. Without
+    ``import_tensorflow`` a device node is taken to mean a GPU.
     """
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
     if not Path("/dev/nvidiactl").exists():
         return False
+    if not import_tensorflow:
+        return True
     try:
         import tensorflow as tf
     except ImportError:
@@ -96,11 +99,11 @@ def gpu_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def choose_runtime_name(requested: str) -> str:
+def choose_runtime_name(requested: str, *, import_tensorflow: bool = True) -> str:
     """``auto`` resolves to SavedModel on a visible GPU, else LiteRT."""
     if requested != "auto":
         return requested
-    return "savedmodel" if gpu_visible() else "litert"
+    return "savedmodel" if gpu_visible(import_tensorflow=import_tensorflow) else "litert"
 
 
 def _padded_size(n: int) -> int:

@@ -52,7 +52,9 @@ from service.schemas import (
 log = logging.getLogger("handserve.service")
 
 CONFIG = load_service_config()
-RUNTIME = choose_runtime_name(CONFIG.runtime)
+# Decided from the device node alone: the `bentoml serve` process imports this module too and
+# must not load TensorFlow just to count its workers.
+RUNTIME = choose_runtime_name(CONFIG.runtime, import_tensorflow=False)
 #: LiteRT: a worker process per usable core (each runs its own requests); SavedModel: one
 #: process whose batches use the whole machine (or the GPU).
 WORKERS = CONFIG.workers or (1 if RUNTIME == "savedmodel" else available_cpus())
@@ -158,11 +160,9 @@ class HandServe:
         return self._all_ready
 
     def _mark_worker_ready(self) -> None:
-        from bentoml._internal.context import server_context
-
         folder = _ready_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"worker-{server_context.worker_index}").touch()
+        (folder / f"worker-{os.getpid()}").touch()
 
     @bentoml.on_shutdown
     def _unmark_worker(self) -> None:
