@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from handserve import configs
-from service.config import CONFIG_ENV, ServiceConfig, load_service_config, to_env
+from service import config as service_config
+from service.config import CONFIG_ENV, load_service_config, to_env
 
 log = logging.getLogger(__name__)
 SERVICE = "service.service:HandServe"
@@ -36,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the command and environment, do not run"
     )
-    configs.add_arguments(parser, ServiceConfig)
+    service_config.add_arguments(parser)
 
 
 def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -44,7 +45,7 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).resolve())
-    overrides = configs.overrides_from_args(args, ServiceConfig)
+    overrides = service_config.overrides_from_args(args)
     if "models_dir" in overrides:  # workers may start elsewhere: pass an absolute path
         overrides["models_dir"] = str(Path(overrides["models_dir"]).resolve())
     env.update(to_env(overrides))

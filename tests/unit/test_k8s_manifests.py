@@ -240,7 +240,7 @@ def test_environment_matches_the_service_config(
     _, resources = rendered
     (container,) = _one(resources, "Deployment")["spec"]["template"]["spec"]["containers"]
     env = _env(container)
-    fields = set(ServiceConfig.__dataclass_fields__)
+    fields = set(ServiceConfig.model_fields)
     handserve_vars = {k: v for k, v in env.items() if k.startswith("HANDSERVE_")}
     assert {"HANDSERVE_MODELS_DIR", "HANDSERVE_RUNTIME"} <= set(handserve_vars)
     for key in handserve_vars:
