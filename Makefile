@@ -44,3 +44,25 @@ bench-serve: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
+
+# ---- Kubernetes (k8s/README.md). The image tags live in k8s/release/kustomization.yaml only.
+REGISTRY ?= registry.example.com
+IMAGE ?= handserve
+BENTOFILE ?= bentofile.yaml
+K8S_RELEASE ?= k8s/release/kustomization.yaml
+
+.PHONY: k8s-pin release
+
+## k8s-pin: pin IMAGE (handserve, handserve-gpu, handserve-tools) to REGISTRY/IMAGE:TAG in k8s/release
+k8s-pin:
+	@test -n "$(TAG)" || { echo "k8s-pin: set TAG=<immutable tag or Bento version>" >&2; exit 2; }
+	$(BIN)/python k8s/pin_image.py --file $(K8S_RELEASE) $(IMAGE) $(REGISTRY)/$(IMAGE):$(TAG)
+
+## release: bentoml build -f BENTOFILE, containerize, push to REGISTRY, pin IMAGE (needs Docker)
+release:
+	tag=$$($(BIN)/bentoml build -f $(BENTOFILE) -o tag | sed -n 's/^__tag__://p' | tail -n 1); \
+	test -n "$$tag" || { echo "release: bentoml build printed no tag" >&2; exit 2; }; \
+	version=$${tag#*:}; \
+	$(BIN)/bentoml containerize "$$tag" -t $(REGISTRY)/$(IMAGE):$$version \
+	  && docker push $(REGISTRY)/$(IMAGE):$$version \
+	  && $(MAKE) --no-print-directory k8s-pin IMAGE=$(IMAGE) TAG=$$version
