@@ -67,6 +67,10 @@ class Engine(Protocol):
         """Scores ``(len(blobs), num_classes)`` in the order given; ApiError on bad images."""
         ...
 
+    async def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+        """Scores of images already at the model's input size (the v2 tensor input)."""
+        ...
+
 
 class Admission:
     """A per-worker cap on images admitted and not yet answered (a bounded queue).
@@ -188,12 +192,31 @@ class ParallelEngine:
             offset=offset,
             request_images=request_images,
         )
+        return self._predict(model, x, enqueued, started)
+
+    def _predict(
+        self, model: LoadedModel, x: np.ndarray, enqueued: float, started: float | None = None
+    ) -> np.ndarray:
+        """One model call and its metrics; ``started`` is when the request's work began."""
         t0 = time.perf_counter()
         scores = model.runtime.predict(x)
-        record_batch(
-            self.metrics, model, scores, time.perf_counter() - t0, [started - enqueued] * len(x)
-        )
+        wait = (t0 if started is None else started) - enqueued
+        record_batch(self.metrics, model, scores, time.perf_counter() - t0, [wait] * len(x))
         return scores
+
+    async def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+        """Like :meth:`classify` without decoding: inline when quick, else split over threads."""
+        enqueued = time.perf_counter()
+        if model.call_seconds * len(pixels) <= self.inline.seconds:
+            return self._predict(model, pixels, enqueued)
+        parts = min(len(pixels), model.runtime.instances)
+        results = await asyncio.gather(
+            *(
+                anyio.to_thread.run_sync(self._predict, model, part, enqueued)
+                for part in np.array_split(pixels, parts)
+            )
+        )
+        return results[0] if parts == 1 else np.concatenate(results)
 
     async def classify(self, model: LoadedModel, blobs: list[bytes]) -> np.ndarray:
         enqueued = time.perf_counter()
@@ -300,6 +323,11 @@ class BatchingEngine:
             x = await anyio.to_thread.run_sync(
                 decode_all, blobs, model, self.max_pixels, self.metrics
             )
+        return await self.classify_pixels(model, x)
+
+    async def classify_pixels(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+        """Each image a job of the dispatcher, joined into batches with other requests'."""
+        x = pixels
         fn = self._dispatcher(model)
         now = time.perf_counter()
         if len(x) == 1:

@@ -34,12 +34,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
+import handserve
 from handserve.runtimes import available_cpus, choose_runtime_name
 from service import metrics as metrics_mod
+from service import reload as model_reload
+from service import v2
 from service.config import ServiceConfig, load_service_config
 from service.errors import STATUS, ApiError, JSONErrors, is_input_error
 from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
-from service.parsing import parse_params, parse_request
+from service.parsing import parse_params, parse_request, read_body
 from service.registry import LoadedModel, ModelRegistry, top_k
 from service.routes import ClassRoutes
 from service.schemas import (
@@ -87,7 +90,7 @@ routes = ClassRoutes()
     workers=WORKERS,
     threads=CONFIG.threads,
     traffic={"timeout": CONFIG.timeout_s},
-    tracing={"excluded_urls": "predict,predict_batch"},
+    tracing={"excluded_urls": "predict,predict_batch,infer"},
     logging={"access": {"enabled": CONFIG.access_log}},
 )
 @bentoml.asgi_app(app, path="/")
@@ -103,6 +106,7 @@ class HandServe:
         self.admission = Admission(self.cfg.max_inflight_images, self.cfg.retry_after_s)
         self.engine: Engine | None = None  # chosen once the runtime is known
         self._loader: asyncio.Task[None] | None = None
+        self._watcher: model_reload.ModelWatcher | None = None  # new versions, when reload is on
         self._all_ready = False
         app.state.metrics = self.metrics
 
@@ -122,6 +126,9 @@ class HandServe:
                     await self.engine.warm_up(model)
             if self.cfg.warmup_delay_s:
                 await asyncio.sleep(self.cfg.warmup_delay_s)
+            self._watcher = model_reload.start(self.registry, self.engine)
+            if not self.registry.models and self._watcher is not None:
+                await self._watcher.wait_for_models()  # an empty volume: serve what arrives
             if not self.registry.models:
                 # Ready with nothing to serve would send traffic to a useless replica.
                 self.registry.load_error = "no model could be served"
@@ -165,9 +172,11 @@ class HandServe:
         (folder / f"worker-{os.getpid()}").touch()
 
     @bentoml.on_shutdown
-    def _unmark_worker(self) -> None:
+    async def _unmark_worker(self) -> None:
         import shutil
 
+        if self._watcher is not None:
+            await self._watcher.stop()
         shutil.rmtree(_ready_dir(), ignore_errors=True)
 
     # ------------------------------------------------------------------ endpoints
@@ -224,6 +233,125 @@ class HandServe:
         what was refused with the reason."""
         return self.registry.describe()
 
+    # ------------------------------------------------------------------ Open Inference Protocol
+    @routes.get("/v2", summary="v2 protocol: server metadata and extensions", tags=["v2"])
+    async def v2_server(self) -> dict[str, Any]:
+        """Open Inference Protocol server metadata: name, version and extensions (service.v2)."""
+        return v2.server_metadata(handserve.__version__)
+
+    @routes.get("/v2/health/live", summary="v2 protocol: server liveness", tags=["v2"])
+    async def v2_live(self) -> dict[str, Any]:
+        return {"live": True}
+
+    @routes.get("/v2/health/ready", summary="v2 protocol: server readiness", tags=["v2"])
+    async def v2_ready(self) -> Response:
+        """200 once every model of every worker is warm, as ``/readyz``; 503 before."""
+        ready = self.__is_ready__()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @routes.get("/v2/models/{name}", summary="v2 protocol: model metadata", tags=["v2"])
+    async def v2_model(self, name: str) -> Response:
+        """Inputs and outputs with names, datatypes and shapes (``service.v2``)."""
+        return self._v2(self._v2_metadata, name, None)
+
+    @routes.get(
+        "/v2/models/{name}/versions/{version}",
+        summary="v2 protocol: model version metadata",
+        tags=["v2"],
+    )
+    async def v2_model_version(self, name: str, version: str) -> Response:
+        return self._v2(self._v2_metadata, name, version)
+
+    @routes.get("/v2/models/{name}/ready", summary="v2 protocol: model readiness", tags=["v2"])
+    async def v2_model_ready(self, name: str) -> Response:
+        """200 when the model is served and warm; 404 for a model not served."""
+        return self._v2(self._v2_model_ready, name, None)
+
+    @routes.get(
+        "/v2/models/{name}/versions/{version}/ready",
+        summary="v2 protocol: model version readiness",
+        tags=["v2"],
+    )
+    async def v2_model_version_ready(self, name: str, version: str) -> Response:
+        return self._v2(self._v2_model_ready, name, version)
+
+    @routes.post(
+        "/v2/models/{name}/infer",
+        summary="v2 protocol: inference (tensors or encoded images)",
+        description="Open Inference Protocol request; binary tensor data and classification "
+        "extensions (docs/service.md).",
+        responses=ERRORS,
+        openapi_extra=v2.openapi(),
+        tags=["v2"],
+    )
+    async def v2_infer(self, request: Request, name: str) -> Response:
+        """The v2 protocol's infer: parsed by ``service.v2``, then the request path of
+        ``/predict`` (admission, engine, metrics)."""
+        return await self._v2_infer(request, name, None)
+
+    @routes.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        summary="v2 protocol: inference on a version",
+        responses=ERRORS,
+        openapi_extra=v2.openapi(),
+        tags=["v2"],
+    )
+    async def v2_infer_version(self, request: Request, name: str, version: str) -> Response:
+        return await self._v2_infer(request, name, version)
+
+    def _v2(self, fn: Any, name: str, version: str | None) -> Response:
+        try:
+            return JSONResponse(fn(self._v2_resolve(name, version)))
+        except ApiError as err:
+            return _v2_error(err)
+
+    def _v2_resolve(self, name: str, version: str | None) -> LoadedModel:
+        if not self.registry.ready:
+            why = self.registry.load_error or "models are still loading"
+            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
+        return self.registry.resolve(name, v2.parse_version(version))
+
+    @staticmethod
+    def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
+        return v2.model_metadata(model.name, model.version, model.runtime.name, model.manifest)
+
+    @staticmethod
+    def _v2_model_ready(model: LoadedModel) -> dict[str, Any]:
+        return {"name": model.name, "ready": True}
+
+    async def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
+        try:
+            model = self._v2_resolve(name, version)
+            engine = self.engine
+            if engine is None:  # never once ready; keeps the type checker informed
+                raise ApiError("not_ready", "models are still loading")
+            body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
+            body = v2.decompress(
+                body, request.headers.get("content-encoding"), self.cfg.max_body_bytes
+            )
+            call = v2.parse_infer(
+                body,
+                request.headers.get(v2.HEADER_LENGTH),
+                model.manifest,
+                self.cfg.max_batch_images,
+            )
+            n = call.count
+            self.admission.acquire(n)
+            try:
+                if call.pixels is not None:
+                    scores = await engine.classify_pixels(model, call.pixels)
+                else:
+                    scores = await engine.classify(model, call.files or [])
+            finally:
+                self.admission.release(n)
+            content, headers, media = v2.render(
+                call, model.name, model.version, model.manifest.labels, scores
+            )
+            return Response(content, headers=headers, media_type=media)
+        except ApiError as err:
+            _count_rejected(request, err)
+            return _v2_error(err)
+
     # ------------------------------------------------------------------ the request path
     async def _classify(
         self, request: Request, *, batch: bool
@@ -267,11 +395,22 @@ def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- errors, demo page
-def _error(request: Request, err: ApiError) -> JSONResponse:
+def _count_rejected(request: Request, err: ApiError) -> None:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and is_input_error(err.code):
         metrics.rejected_inputs.labels(reason=err.code).inc()
+
+
+def _error(request: Request, err: ApiError) -> JSONResponse:
+    _count_rejected(request, err)
+    if request.url.path.startswith("/v2/"):
+        return _v2_error(err)
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _v2_error(err: ApiError) -> JSONResponse:
+    """The v2 protocol's error shape, ``{"error": message}``, with the service's status."""
+    return JSONResponse(v2.error_body(err), status_code=err.status, headers=err.headers)
 
 
 @app.exception_handler(ApiError)
@@ -284,7 +423,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's 404/405 inside this app, answered in the same JSON shape."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     err = ApiError(code, f"{request.method} {request.url.path[:100]}: {code.replace('_', ' ')}")
-    return JSONResponse(err.body(), status_code=exc.status_code, headers=exc.headers)
+    body = v2.error_body(err) if request.url.path.startswith("/v2") else err.body()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(Exception)

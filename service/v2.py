@@ -1,0 +1,485 @@
+"""The Open Inference Protocol ("v2": KServe, Triton, MLServer) over HTTP, for the same models.
+
+Platforms that run KServe or Triton talk to every model through this protocol, with ready-made
+clients (``tritonclient``, the ``kserve`` SDK) and load generators. This module only translates:
+an infer request becomes either pixels at the model's native size or encoded image files, which
+the service then sends down the same path as ``/predict`` (admission, the runtime's engine,
+metrics); the scores come back as protocol outputs. Nothing here imports BentoML or runs a model.
+
+What a model takes and gives (``GET /v2/models/NAME`` says the same):
+
+- input ``image``: ``UINT8`` or ``FP32`` ``[N, H, W, C]`` at the model's input contract
+  (``FP32`` values within its value range, raw pixels 0-255), or
+- input ``image_bytes``: ``BYTES`` ``[N]``, each element an image file (PNG, JPEG, ...)
+  decoded exactly as ``/predict`` decodes it; base64 strings when sent inside JSON.
+- output ``probabilities``: ``FP32 [N, num_classes]``; with the classification extension
+  (``parameters: {"classification": k}`` on the output) ``BYTES [N, k]`` strings
+  ``"score:index:label"``, best first, as Triton answers.
+
+Tensors travel as JSON ``data`` or with the binary tensor data extension (the
+``Inference-Header-Content-Length`` header, which the standard clients use by default).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from handserve.artifacts import Manifest
+from service.errors import ApiError
+from service.parsing import b64decode
+from service.schemas import MAX_NAME_LENGTH, PositiveInt, _strict_int, describe_validation
+
+TENSOR_INPUT = "image"
+BYTES_INPUT = "image_bytes"
+OUTPUT = "probabilities"
+#: Protocol extensions this server implements (reported by ``GET /v2``).
+EXTENSIONS = ["classification", "binary_tensor_data"]
+HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Tensor datatypes the ``image`` input accepts, little-endian as the protocol sends them.
+TENSOR_TYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
+#: More dimensions than this is not an image batch; refused before computing any size.
+MAX_DIMS = 8
+
+
+class InferInputTensor(BaseModel):
+    """One entry of ``inputs`` in an infer request (the protocol's ``$request_input``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    shape: list[int] = Field(max_length=MAX_DIMS)
+    datatype: str = Field(max_length=16)
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class RequestedOutput(BaseModel):
+    """One entry of ``outputs`` (``$request_output``); unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequestBody(BaseModel):
+    """The JSON part of an infer request (``$inference_request``).
+
+    Other top-level keys are ignored: the kserve SDK sends ``model_name`` as well.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = Field(None, max_length=256)
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInputTensor] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class _OutputParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    classification: PositiveInt | None = None
+    binary_data: StrictBool | None = None
+
+
+class _RequestParams(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    binary_data_output: StrictBool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """What one requested output wants: all probabilities or the top ``classification``."""
+
+    classification: int  # 0: the probabilities tensor
+    binary: bool
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """An infer request ready for the engine: pixels or encoded files, and what to answer."""
+
+    id: str | None
+    outputs: list[Output]
+    pixels: np.ndarray | None = None  # (N, H, W, C) at the model's contract
+    files: list[bytes] | None = None  # encoded images, decoded like /predict's
+
+    @property
+    def count(self) -> int:
+        return len(self.files) if self.files is not None else len(self.pixels)  # type: ignore[arg-type]
+
+
+def parse_version(version: str | None) -> int | None:
+    """A version from the URL path; one that is not a number is a version not served."""
+    if version is None:
+        return None
+    try:
+        return int(_strict_int(version))
+    except ValueError:
+        raise ApiError("unknown_version", f"version {version[:20]!r} is not served") from None
+
+
+# ---------------------------------------------------------------------- metadata
+def server_metadata(version: str) -> dict[str, Any]:
+    return {"name": "handserve", "version": version, "extensions": EXTENSIONS}
+
+
+def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) -> dict[str, Any]:
+    """``$metadata_model_response``: the inputs and outputs with names, types and shapes."""
+    contract = manifest.input
+    shape = [-1, contract.height, contract.width, contract.channels]
+    return {
+        "name": name,
+        "versions": [str(version)],
+        "platform": "tensorflow_savedmodel" if runtime == "savedmodel" else "litert_tflite",
+        "inputs": [
+            {"name": TENSOR_INPUT, "datatype": "UINT8", "shape": shape},
+            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(manifest.labels)]}],
+    }
+
+
+# ---------------------------------------------------------------------- requests
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body a client compressed (``Content-Encoding``, as tritonclient can), bounded.
+
+    The decompressed size is capped at ``limit`` while inflating, so a small bomb is refused
+    without allocating what it expands to.
+    """
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ApiError(
+            "unsupported_media_type",
+            f"Content-Encoding {encoding[:30]!r} is not supported; use gzip, deflate or none",
+        )
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ApiError("bad_request", f"the {encoding} body is corrupt: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ApiError("body_too_large", f"the decompressed body is over {limit:,} bytes")
+    if not inflater.eof:
+        raise ApiError("bad_request", f"the {encoding} body is truncated")
+    return out
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON object and the binary data after it (binary tensor data extension)."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        text = header_length.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+            raise ApiError("bad_request", f"{HEADER_LENGTH} is not a number")
+        size = int(text)
+        if size > len(body):
+            raise ApiError(
+                "bad_request",
+                f"{HEADER_LENGTH} is {size:,} but the body has only {len(body):,} bytes",
+            )
+        json_part, binary = body[:size], body[size:]
+    if not json_part.strip():
+        raise ApiError("empty", "the request has no JSON inference header")
+    try:
+        data = json.loads(json_part)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError("bad_json", f"the inference header is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(data, dict):
+        raise ApiError("bad_json", "the inference header must be a JSON object")
+    return data, binary
+
+
+def parse_infer(
+    body: bytes, header_length: str | None, manifest: Manifest, max_images: int
+) -> InferCall:
+    """Validate an infer request against the model's contract; every problem is a 4xx."""
+    data, binary = split_body(body, header_length)
+    try:
+        req = InferRequestBody.model_validate(data)
+        request_params = _RequestParams.model_validate(req.parameters or {})
+    except ValidationError as exc:
+        raise ApiError("bad_request", describe_validation(exc, "request")) from None
+    # What to answer is checked before any tensor is read: the cheaper refusal first.
+    outputs = _outputs(req.outputs, request_params.binary_data_output, len(manifest.labels))
+    if len(req.inputs) != 1:
+        raise ApiError(
+            "bad_request",
+            f"send one input, {TENSOR_INPUT!r} or {BYTES_INPUT!r}; got {len(req.inputs)}",
+        )
+    tensor = req.inputs[0]
+    raw = _binary_part(tensor, binary)
+    if tensor.name == TENSOR_INPUT:
+        pixels = _pixels(tensor, raw, manifest, max_images)
+        call_in: dict[str, Any] = {"pixels": pixels}
+    elif tensor.name == BYTES_INPUT:
+        call_in = {"files": _files(tensor, raw, max_images)}
+    else:
+        raise ApiError(
+            "bad_request",
+            f"unknown input {tensor.name[:40]!r}; this model takes {TENSOR_INPUT!r} "
+            f"(UINT8 or FP32 {_contract_shape(manifest)}) or {BYTES_INPUT!r} (BYTES [N])",
+        )
+    return InferCall(id=req.id, outputs=outputs, **call_in)
+
+
+def _binary_part(tensor: InferInputTensor, binary: bytes) -> bytes | None:
+    """The input's bytes from after the header, or None when it came as JSON ``data``."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        if binary:
+            raise ApiError(
+                "bad_request",
+                f"{len(binary):,} bytes follow the inference header but input "
+                f"{tensor.name[:40]!r} declares no binary_data_size",
+            )
+        if tensor.data is None:
+            raise ApiError("bad_request", f"input {tensor.name[:40]!r} has no data")
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ApiError("bad_request", "binary_data_size must be a whole number of bytes")
+    if tensor.data is not None:
+        raise ApiError("bad_request", "an input has either data or binary_data_size, not both")
+    if size != len(binary):
+        raise ApiError(
+            "bad_request",
+            f"input {tensor.name[:40]!r} declares binary_data_size {size:,} but "
+            f"{len(binary):,} bytes follow the inference header",
+        )
+    return binary
+
+
+def _contract_shape(manifest: Manifest) -> str:
+    c = manifest.input
+    return f"[N, {c.height}, {c.width}, {c.channels}]"
+
+
+def _batch_size(shape: list[int], max_images: int, name: str) -> int:
+    n = shape[0] if shape else 0
+    if n < 1:
+        raise ApiError("empty", f"input {name!r} holds no image (shape {shape})")
+    if n > max_images:
+        raise ApiError("too_many_images", f"{n} images, over the limit of {max_images} per request")
+    return n
+
+
+def _pixels(
+    tensor: InferInputTensor, raw: bytes | None, manifest: Manifest, max_images: int
+) -> np.ndarray:
+    """The ``image`` tensor, checked against the contract: shape, datatype, values."""
+    dtype = TENSOR_TYPES.get(tensor.datatype)
+    if dtype is None:
+        raise ApiError(
+            "bad_request",
+            f"input {TENSOR_INPUT!r} has datatype {tensor.datatype[:16]!r}; use UINT8 or FP32",
+        )
+    c = manifest.input
+    if len(tensor.shape) != 4 or tensor.shape[1:] != [c.height, c.width, c.channels]:
+        raise ApiError(
+            "bad_request",
+            f"input {TENSOR_INPUT!r} has shape {tensor.shape}; this model takes "
+            f"{_contract_shape(manifest)} (send other sizes as {BYTES_INPUT!r})",
+        )
+    n = _batch_size(tensor.shape, max_images, TENSOR_INPUT)
+    count = n * c.height * c.width * c.channels
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise ApiError(
+                "bad_request",
+                f"input {TENSOR_INPUT!r}: {len(raw):,} bytes of binary data, but shape "
+                f"{tensor.shape} of {tensor.datatype} needs {count * dtype.itemsize:,}",
+            )
+        values = np.frombuffer(raw, dtype)
+    else:
+        values = _json_numbers(tensor.data, count, tensor.datatype)
+    pixels = values.reshape(n, c.height, c.width, c.channels)
+    if dtype.kind == "f":
+        low, high = c.value_range
+        if not np.isfinite(pixels).all() or pixels.min() < low or pixels.max() > high:
+            raise ApiError(
+                "bad_request",
+                f"input {TENSOR_INPUT!r}: FP32 values must be finite and within "
+                f"[{low:g}, {high:g}] (raw pixel values)",
+            )
+    return pixels
+
+
+def _json_numbers(data: Any, count: int, datatype: str) -> np.ndarray:
+    """JSON ``data`` (flat or nested, row-major) as a flat array of ``datatype``."""
+    try:
+        values = np.asarray(data)
+    except (ValueError, TypeError):  # ragged nested lists
+        raise ApiError(
+            "bad_request", f"input {TENSOR_INPUT!r}: data is not a regular array"
+        ) from None
+    if values.size != count:
+        raise ApiError(
+            "bad_request",
+            f"input {TENSOR_INPUT!r}: data holds {values.size:,} values; the shape needs {count:,}",
+        )
+    if datatype == "UINT8":
+        if values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255:
+            raise ApiError(
+                "bad_request", f"input {TENSOR_INPUT!r}: UINT8 data must be whole numbers 0-255"
+            )
+        return values.astype(np.uint8).ravel()
+    if values.dtype.kind not in "iuf":
+        raise ApiError("bad_request", f"input {TENSOR_INPUT!r}: FP32 data must be numbers")
+    return values.astype(np.float32).ravel()
+
+
+def _files(tensor: InferInputTensor, raw: bytes | None, max_images: int) -> list[bytes]:
+    """The ``image_bytes`` elements: length-prefixed in binary, base64 strings in JSON."""
+    if tensor.datatype != "BYTES":
+        raise ApiError(
+            "bad_request", f"input {BYTES_INPUT!r} has datatype {tensor.datatype[:16]!r}; use BYTES"
+        )
+    if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+        raise ApiError(
+            "bad_request", f"input {BYTES_INPUT!r} has shape {tensor.shape}; use [N] (or [N, 1])"
+        )
+    n = _batch_size(tensor.shape, max_images, BYTES_INPUT)
+    if raw is not None:
+        files = deserialize_bytes(raw)
+    else:
+        if not isinstance(tensor.data, list):
+            raise ApiError("bad_request", f"input {BYTES_INPUT!r}: data must be a list")
+        files = [b64decode(v, i) for i, v in enumerate(_flatten(tensor.data, n))]
+    if len(files) != n:
+        raise ApiError(
+            "bad_request", f"input {BYTES_INPUT!r} holds {len(files)} elements; its shape says {n}"
+        )
+    return files
+
+
+def _flatten(data: list[Any], limit: int) -> list[Any]:
+    """``[a, b]`` or ``[[a], [b]]`` (shape [N, 1]) as ``[a, b]``; stops past ``limit``."""
+    out: list[Any] = []
+    for item in data[: limit + 1]:
+        out.extend(item[:2] if isinstance(item, list) else [item])
+    return out
+
+
+def deserialize_bytes(raw: bytes) -> list[bytes]:
+    """BYTES tensor data: each element a 4-byte little-endian length, then that many bytes."""
+    out: list[bytes] = []
+    offset = 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ApiError("bad_request", f"BYTES data is truncated in element {len(out)}'s length")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ApiError(
+                "bad_request",
+                f"BYTES element {len(out)} declares {size:,} bytes; {len(raw) - offset:,} remain",
+            )
+        out.append(raw[offset : offset + size])
+        offset += size
+    return out
+
+
+def serialize_bytes(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def _outputs(
+    requested: list[RequestedOutput] | None, binary_default: bool, num_classes: int
+) -> list[Output]:
+    if not requested:
+        return [Output(0, binary_default)]
+    out = []
+    for item in requested:
+        if item.name != OUTPUT:
+            raise ApiError(
+                "bad_request", f"unknown output {item.name[:40]!r}; this model gives {OUTPUT!r}"
+            )
+        try:
+            params = _OutputParams.model_validate(item.parameters or {})
+        except ValidationError as exc:
+            raise ApiError("bad_request", describe_validation(exc, "output")) from None
+        binary = binary_default if params.binary_data is None else params.binary_data
+        out.append(Output(min(params.classification or 0, num_classes), binary))
+    return out
+
+
+# ---------------------------------------------------------------------- responses
+def classification(scores: np.ndarray, labels: list[str], k: int) -> list[bytes]:
+    """Triton's classification strings, ``score:index:label``, best first, row by row."""
+    out = []
+    for row in scores:
+        for i in np.argsort(-row, kind="stable")[:k]:
+            out.append(f"{float(row[i]):f}:{int(i)}:{labels[int(i)]}".encode())
+    return out
+
+
+def render(
+    call: InferCall, name: str, version: int, labels: list[str], scores: np.ndarray
+) -> tuple[bytes, dict[str, str], Literal["application/json", "application/octet-stream"]]:
+    """The response body, its headers and content type: JSON, or JSON then binary outputs."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    n = len(scores)
+    for want in call.outputs:
+        if want.classification:
+            strings = classification(scores, labels, want.classification)
+            tensor: dict[str, Any] = {
+                "name": OUTPUT,
+                "datatype": "BYTES",
+                "shape": [n, want.classification],
+            }
+            if want.binary:
+                blob = serialize_bytes(strings)
+            else:
+                tensor["data"] = [s.decode() for s in strings]
+        else:
+            tensor = {"name": OUTPUT, "datatype": "FP32", "shape": [n, scores.shape[1]]}
+            if want.binary:
+                blob = np.ascontiguousarray(scores, "<f4").tobytes()
+            else:
+                tensor["data"] = scores.astype(np.float32).ravel().tolist()
+        if want.binary:
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        outputs.append(tensor)
+    head: dict[str, Any] = {"model_name": name, "model_version": str(version)}
+    if call.id is not None:
+        head["id"] = call.id
+    head["outputs"] = outputs
+    header = json.dumps(head).encode()
+    if not blobs:
+        return header, {}, "application/json"
+    return (
+        header + b"".join(blobs),
+        {HEADER_LENGTH: str(len(header))},
+        "application/octet-stream",
+    )
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of the infer routes: the JSON header, or it plus binary."""
+    schema = InferRequestBody.model_json_schema()
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}, "application/octet-stream": binary},
+        }
+    }
+
+
+def error_body(err: ApiError) -> dict[str, str]:
+    """The protocol's error object: one message string."""
+    return {"error": err.message}
