@@ -4,10 +4,17 @@ Every model name in the models folder is loaded at its latest version (or the pi
 after :func:`handserve.artifacts.load_verified` has checked every checksum and the runtime's
 input shape has been checked against the manifest. A model that fails is *refused*: logged with
 the reason, listed in ``/models``, and not served, while the others serve normally.
+
+Checksums are checked for every file of the version that is present, and the files the chosen
+runtime reads must be present: a LiteRT Bento carries only ``manifest.json`` and its ``.tflite``
+(see ``bentofile.yaml``), a SavedModel one the ``saved_model/`` folder. With
+``reload_interval_s`` (:mod:`service.reload`) a newer version that appears later is loaded the
+same way and switched to with :meth:`ModelRegistry.switch`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -55,6 +62,59 @@ class RefusedModel:
     reason: str
 
 
+def runtime_files(manifest: Manifest, runtime: str, litert_file: str) -> list[str]:
+    """The files of a version that ``runtime`` reads (besides ``manifest.json``)."""
+    listed = [e.path for e in manifest.files]
+    if runtime == "litert":
+        return [litert_file]
+    if runtime == "savedmodel":
+        return [p for p in listed if p.startswith("saved_model/")] or ["saved_model/saved_model.pb"]
+    return listed  # "auto" before it is resolved: everything
+
+
+def load_for_runtime(version_dir: Path, runtime: str, litert_file: str) -> Manifest:
+    """Read the manifest and check the checksum of every file that is present; the files the
+    runtime reads must be present and listed.
+
+    A Bento carries only what its runtime reads (``bentofile.yaml``), so the others may be
+    absent; a file that is there but differs from the manifest is refused all the same.
+
+    Raises:
+        ArtifactError: naming the missing or changed file, or a manifest for another folder.
+    """
+    version_dir = Path(version_dir)
+    manifest = artifacts.read_manifest(version_dir)
+    said = (artifacts.validate_name(manifest.name), str(manifest.version))
+    if said != (version_dir.parent.name, version_dir.name):
+        raise ArtifactError(
+            version_dir / artifacts.MANIFEST,
+            f"manifest says {said[0]}/{said[1]} but the folder is "
+            f"{version_dir.parent.name}/{version_dir.name}",
+        )
+    listed = {e.path for e in manifest.files}
+    needed = runtime_files(manifest, runtime, litert_file)
+    for path in needed:
+        if path not in listed:
+            raise ArtifactError(
+                version_dir / path, f"{runtime} needs it, but the manifest has no checksum for it"
+            )
+        if not (version_dir / path).is_file():
+            raise ArtifactError(version_dir / path, f"{runtime} needs it, but it is missing")
+    present = [e for e in manifest.files if (version_dir / e.path).is_file()]
+    here = {e.path for e in present}
+    artifacts.verify_files(
+        version_dir,
+        dataclasses.replace(
+            manifest,
+            files=present,
+            formats={
+                k: f for k, f in manifest.formats.items() if f.path in here or f.kind != "tflite"
+            },
+        ),
+    )
+    return manifest
+
+
 def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
     """The ``k`` best classes, highest score first; ties keep index order (stable sort)."""
     k = max(1, min(int(k), len(labels)))
@@ -97,18 +157,11 @@ class ModelRegistry:
         log.info("runtime: %s (requested %s)", self.runtime_name, self.cfg.runtime)
         for name in available:
             version = self.cfg.versions.get(name) or available[name][-1]
-            try:
-                self.models[name] = self._load_one(root, name, version)
-            except (ArtifactError, ValueError, OSError, RuntimeError, ImportError) as exc:
-                self._refuse(name, version, str(exc))
-        for model in self.models.values():
-            if self.metrics is not None:
-                self.metrics.model_info.labels(
-                    name=model.name,
-                    version=model.version_label,
-                    runtime=model.runtime.name,
-                    sha256=model.sha256,
-                ).set(1)
+            model, reason = self.try_load(name, version)
+            if model is None:
+                self.refuse(name, version, reason)
+            else:
+                self.switch(model)
         log.info("serving %s; refused %s", sorted(self.models), [r.name for r in self.refused])
         default = self.default_name()
         if default and default not in self.models:
@@ -118,6 +171,62 @@ class ModelRegistry:
                 default,
                 ", ".join(sorted(self.models)) or "none",
             )
+
+    def try_load(self, name: str, version: int) -> tuple[LoadedModel | None, str]:
+        """Load, verify and warm one version: ``(model, "")``, or ``(None, why it failed)``.
+
+        Touches nothing shared, so the reload watcher runs it in a thread while requests are
+        served from the current versions.
+        """
+        try:
+            return self._load_one(Path(self.cfg.models_dir), name, version), ""
+        except (ArtifactError, ValueError, OSError, RuntimeError, ImportError) as exc:
+            return None, str(exc)
+
+    def switch(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve ``model`` for its name from now on; returns the version it replaced.
+
+        One dict assignment, so a request resolves either the old or the new version, never a
+        mix; requests that already resolved the old one keep their reference and finish on it.
+        ``handserve_model_info`` turns the old version's series to 0 and the new one's to 1
+        (a gauge in "max" mode: 1 while any worker still serves the old version).
+        """
+        old = self.models.get(model.name)
+        self.models[model.name] = model
+        if model.name not in self.names:
+            self.names = sorted({*self.names, model.name})
+        if self.metrics is not None:
+            if old is not None:
+                self._info(old).set(0)
+            self._info(model).set(1)
+        if old is not None:
+            log.info("switched %s from version %s to %s", model.name, old.version, model.version)
+        return old
+
+    def _info(self, model: LoadedModel) -> Any:
+        return self.metrics.model_info.labels(
+            name=model.name,
+            version=model.version_label,
+            runtime=model.runtime.name,
+            sha256=model.sha256,
+        )
+
+    def pending(self) -> list[tuple[str, int]]:
+        """Newest published versions not yet served nor refused (pinned names never move)."""
+        tried = {(r.name, r.version) for r in self.refused}
+        out = []
+        for name, versions in artifacts.list_models(Path(self.cfg.models_dir)).items():
+            served = self.models.get(name)
+            latest = versions[-1]
+            if name in self.cfg.versions or (name, latest) in tried:
+                continue
+            if served is None or latest > served.version:
+                out.append((name, latest))
+        return out
+
+    def refuse(self, name: str, version: int | None, reason: str) -> None:
+        """Record a model (version) that will not be served, with the reason, for ``/models``."""
+        self._refuse(name, version, reason)
 
     def _refuse(self, name: str, version: int | None, reason: str) -> None:
         log.error("refusing model %s/%s: %s", name, version, reason)
@@ -129,8 +238,8 @@ class ModelRegistry:
 
     def _load_one(self, root: Path, name: str, version: int) -> LoadedModel:
         vdir = artifacts.version_dir(root, name, version)
-        manifest = artifacts.load_verified(vdir)
         assert self.runtime_name is not None
+        manifest = load_for_runtime(vdir, self.runtime_name, self.cfg.litert_file)
         runtime = open_runtime(
             vdir,
             manifest,
