@@ -3,7 +3,8 @@
     python benchmarks/serve_bench.py --models-dir models [--model NAME] [--seconds 10]
 
 Starts ``bentoml serve service.service:HandServe`` on a free port (or uses ``--url``), then for
-single-image ``/predict`` and ``/predict_batch`` (``--batch-images`` per request) runs a closed
+single-image ``/predict`` and ``/predict_batch`` (``--batch-images`` per request), and with
+``--protocols v2-tensor v2-bytes`` the same through the Open Inference Protocol, runs a closed
 loop of N concurrent clients (aiohttp, one event loop) for ``--seconds`` each, at every
 ``--concurrency``. Also measures the runtime's in-process ceiling (LiteRT images/s at batch 1
 and at max batch, no HTTP) in the same run, and the mean batch BentoML formed (from the
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import io
+import json
 import os
 import sys
 import tempfile
@@ -32,8 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handserve import artifacts  # noqa: E402
+from handserve.images import decode_image  # noqa: E402
 from handserve.runtimes import LiteRTRuntime, available_cpus  # noqa: E402
-from service.cli import background_server  # noqa: E402
+from tests.fixtures_server import background_server  # noqa: E402
 
 
 def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
@@ -94,20 +97,50 @@ async def batch_hist(session: aiohttp.ClientSession, url: str) -> tuple[float, f
     return total, count
 
 
+def request_maker(
+    protocol: str, model: str, image: bytes, n: int, ctype: str, pixels: np.ndarray
+) -> Any:
+    """A function returning ``(path, session.post keyword arguments)`` for one request.
+
+    ``image``: the service's own API, multipart (``/predict`` or ``/predict_batch``).
+    ``v2-tensor``: the Open Inference Protocol with the decoded pixels as a binary UINT8
+    tensor. ``v2-bytes``: the same protocol with the encoded file as a BYTES element; both
+    with binary outputs, as tritonclient sends them by default.
+    """
+    if protocol == "image":
+        path = "/predict" if n == 1 else "/predict_batch"
+
+        def make_form() -> tuple[str, dict[str, Any]]:
+            form = aiohttp.FormData()
+            form.add_field("model", model)
+            for i in range(n):
+                name = "images" if n > 1 else "image"
+                form.add_field(name, image, filename=f"{i}", content_type=ctype)
+            return path, {"data": form}
+
+        return make_form
+    if protocol == "v2-tensor":
+        x = np.repeat(pixels[None], n, axis=0).astype(np.uint8)
+        tensor: dict[str, Any] = {"name": "image", "shape": list(x.shape), "datatype": "UINT8"}
+        raw = x.tobytes()
+    else:
+        tensor = {"name": "image_bytes", "shape": [n], "datatype": "BYTES"}
+        raw = (len(image).to_bytes(4, "little") + image) * n
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    body = head + raw
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+    path = f"/v2/models/{model}/infer"
+    return lambda: (path, {"data": body, "headers": headers})
+
+
 async def run_cell(
-    url: str,
-    model: str,
-    image: bytes,
-    concurrency: int,
-    seconds: float,
-    batch_images: int,
-    ctype: str = "image/png",
+    url: str, make: Any, concurrency: int, seconds: float, batch_images: int
 ) -> dict[str, Any]:
     """A closed loop of ``concurrency`` clients for ``seconds``; returns the row's numbers."""
     latencies: list[float] = []
     failures = 0
     statuses: dict[int, int] = {}
-    path = "/predict" if batch_images == 1 else "/predict_batch"
     conn = aiohttp.TCPConnector(limit=concurrency + 4)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
@@ -117,18 +150,10 @@ async def run_cell(
         async def client() -> None:
             nonlocal failures
             while time.perf_counter() < stop:
-                form = aiohttp.FormData()
-                form.add_field("model", model)
-                for i in range(batch_images):
-                    form.add_field(
-                        "images" if batch_images > 1 else "image",
-                        image,
-                        filename=f"{i}",
-                        content_type=ctype,
-                    )
+                path, kwargs = make()
                 t0 = time.perf_counter()
                 try:
-                    async with session.post(url + path, data=form) as r:
+                    async with session.post(url + path, **kwargs) as r:
                         await r.read()
                         statuses[r.status] = statuses.get(r.status, 0) + 1
                         if r.status == 200:
@@ -157,7 +182,9 @@ async def run_cell(
     }
 
 
-async def main_async(args: argparse.Namespace, url: str, model: str, image: bytes) -> list:
+async def main_async(
+    args: argparse.Namespace, url: str, model: str, image: bytes, pixels: np.ndarray
+) -> list:
     await wait_ready(url)
     rows = []
     ctype = (
@@ -165,17 +192,20 @@ async def main_async(args: argparse.Namespace, url: str, model: str, image: byte
         if args.image and args.image.suffix.lower() in (".jpg", ".jpeg")
         else "image/png"
     )
-    for batch_images in [n for n in (1, args.batch_images) if n not in args.skip]:
-        for c in args.concurrency:
-            row = await run_cell(url, model, image, c, args.seconds, batch_images, ctype)
-            row.update(kind="single" if batch_images == 1 else f"batch×{batch_images}", c=c)
-            print(
-                f"  {row['kind']:>9} c={c:<3} {row['rps']:7.1f} req/s "
-                f"{row['ips']:7.1f} img/s p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms "
-                f"failures {row['failures']} statuses {row['statuses']}",
-                flush=True,
-            )
-            rows.append(row)
+    for protocol in args.protocols:
+        for batch_images in [n for n in (1, args.batch_images) if n not in args.skip]:
+            make = request_maker(protocol, model, image, batch_images, ctype, pixels)
+            for c in args.concurrency:
+                row = await run_cell(url, make, c, args.seconds, batch_images)
+                size = "single" if batch_images == 1 else f"batch×{batch_images}"
+                row.update(kind=size if protocol == "image" else f"{protocol} {size}", c=c)
+                print(
+                    f"  {row['kind']:>9} c={c:<3} {row['rps']:7.1f} req/s "
+                    f"{row['ips']:7.1f} img/s p50 {row['p50']:.1f} ms p99 {row['p99']:.1f} ms "
+                    f"failures {row['failures']} statuses {row['statuses']}",
+                    flush=True,
+                )
+                rows.append(row)
     return rows
 
 
@@ -195,6 +225,13 @@ def main() -> int:
     parser.add_argument(
         "--skip", type=int, nargs="*", default=[], help="images per request to skip (1: single)"
     )
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=["image", "v2-tensor", "v2-bytes"],
+        default=["image"],
+        help="image: /predict(_batch); v2-tensor / v2-bytes: /v2/models/NAME/infer",
+    )
     args = parser.parse_args()
 
     models = artifacts.list_models(args.models_dir)
@@ -205,6 +242,7 @@ def main() -> int:
     vdir = artifacts.version_dir(args.models_dir, model)
     man = artifacts.read_manifest(vdir)
     image = args.image.read_bytes() if args.image else test_image(man.input.shape)
+    pixels = decode_image(image, man.input.image_spec)
     print(
         f"model {model}/{vdir.name} input {man.input.shape}, load average "
         f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
@@ -213,10 +251,10 @@ def main() -> int:
     env = dict(kv.split("=", 1) for kv in args.env)
     env.setdefault("HANDSERVE_MAX_BATCH_SIZE", str(args.max_batch_size))
     if args.url:
-        rows = asyncio.run(main_async(args, args.url, model, image))
+        rows = asyncio.run(main_async(args, args.url, model, image, pixels))
     else:
         with server(args.models_dir, env) as (url, _):
-            rows = asyncio.run(main_async(args, url, model, image))
+            rows = asyncio.run(main_async(args, url, model, image, pixels))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
     print(
         "| request | concurrency | requests/s | images/s | p50 ms | p95 ms | p99 ms "
