@@ -8,9 +8,17 @@ messages. The codes double as the ``reason`` label of ``handserve_rejected_input
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
 from handserve.images import ImageDecodeError
+
+log = logging.getLogger("handserve.service")
 
 #: code -> HTTP status. Image decode codes come from handserve.images.ImageDecodeError.
 STATUS: dict[str, int] = {
@@ -58,6 +66,10 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def v2_body(self) -> dict[str, Any]:
+        """The Open Inference Protocol's error shape: one message string."""
+        return {"error": self.message}
 
 
 def is_input_error(code: str) -> bool:
@@ -140,3 +152,49 @@ class JSONErrors:
             await send(message)
 
         await self.app(scope, receive, send_shaped)
+
+
+# ---------------------------------------------------------------------- the app's handlers
+#: Routes of the Open Inference Protocol answer errors in its shape, ``{"error": "..."}``.
+V2_PREFIX = "/v2"
+
+
+def count_rejected(request: Request, err: ApiError) -> None:
+    """Count a refusal caused by the input in ``handserve_rejected_inputs_total``."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None and is_input_error(err.code):
+        metrics.rejected_inputs.labels(reason=err.code).inc()
+
+
+def v2_error(err: ApiError) -> JSONResponse:
+    """The v2 protocol's error answer, with the status of the same refusal on the image API."""
+    return JSONResponse(err.v2_body(), status_code=err.status, headers=err.headers)
+
+
+def _shaped(request: Request, err: ApiError, status: int | None = None) -> JSONResponse:
+    v2 = request.url.path == V2_PREFIX or request.url.path.startswith(V2_PREFIX + "/")
+    body = err.v2_body() if v2 else err.body()
+    return JSONResponse(body, status_code=status or err.status, headers=err.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every exception a route raises as JSON in the shape its API uses."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        count_rejected(request, exc)
+        return _shaped(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        """Starlette's 404/405 inside the app, answered in the same JSON shape."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        path = request.url.path[:100]
+        err = ApiError(code, f"{request.method} {path}: {code.replace('_', ' ')}")
+        err.headers = dict(exc.headers or {})
+        return _shaped(request, err, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error in %s", request.url.path, exc_info=exc)
+        return _shaped(request, ApiError("internal", "internal error; see the server log"))

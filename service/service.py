@@ -29,7 +29,6 @@ import anyio
 import bentoml
 import numpy as np
 from fastapi import FastAPI
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -38,9 +37,16 @@ import handserve
 from handserve.runtimes import available_cpus, choose_runtime_name
 from service import metrics as metrics_mod
 from service import reload as model_reload
-from service import v2
+from service import v2, v2_wire
 from service.config import ServiceConfig, load_service_config
-from service.errors import STATUS, ApiError, JSONErrors, is_input_error
+from service.errors import (
+    STATUS,
+    ApiError,
+    JSONErrors,
+    count_rejected,
+    install_error_handlers,
+    v2_error,
+)
 from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
 from service.parsing import parse_params, parse_request, read_body
 from service.registry import LoadedModel, ModelRegistry, top_k
@@ -303,7 +309,7 @@ class HandServe:
         try:
             return JSONResponse(fn(self._v2_resolve(name, version)))
         except ApiError as err:
-            return _v2_error(err)
+            return v2_error(err)
 
     def _v2_resolve(self, name: str, version: str | None) -> LoadedModel:
         if not self.registry.ready:
@@ -326,12 +332,12 @@ class HandServe:
             if engine is None:  # never once ready; keeps the type checker informed
                 raise ApiError("not_ready", "models are still loading")
             body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
-            body = v2.decompress(
+            body = v2_wire.decompress(
                 body, request.headers.get("content-encoding"), self.cfg.max_body_bytes
             )
             call = v2.parse_infer(
                 body,
-                request.headers.get(v2.HEADER_LENGTH),
+                request.headers.get(v2_wire.HEADER_LENGTH),
                 model.manifest,
                 self.cfg.max_batch_images,
             )
@@ -344,13 +350,13 @@ class HandServe:
                     scores = await engine.classify(model, call.files or [])
             finally:
                 self.admission.release(n)
-            content, headers, media = v2.render(
-                call, model.name, model.version, model.manifest.labels, scores
+            content, headers, media = v2_wire.render(
+                call.outputs, call.id, model.name, model.version, model.manifest.labels, scores
             )
             return Response(content, headers=headers, media_type=media)
         except ApiError as err:
-            _count_rejected(request, err)
-            return _v2_error(err)
+            count_rejected(request, err)
+            return v2_error(err)
 
     # ------------------------------------------------------------------ the request path
     async def _classify(
@@ -395,46 +401,7 @@ def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- errors, demo page
-def _count_rejected(request: Request, err: ApiError) -> None:
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None and is_input_error(err.code):
-        metrics.rejected_inputs.labels(reason=err.code).inc()
-
-
-def _error(request: Request, err: ApiError) -> JSONResponse:
-    _count_rejected(request, err)
-    if request.url.path.startswith("/v2/"):
-        return _v2_error(err)
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-
-def _v2_error(err: ApiError) -> JSONResponse:
-    """The v2 protocol's error shape, ``{"error": message}``, with the service's status."""
-    return JSONResponse(v2.error_body(err), status_code=err.status, headers=err.headers)
-
-
-@app.exception_handler(ApiError)
-async def _api_error(request: Request, exc: ApiError) -> Response:
-    return _error(request, exc)
-
-
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> Response:
-    """Starlette's 404/405 inside this app, answered in the same JSON shape."""
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
-    err = ApiError(code, f"{request.method} {request.url.path[:100]}: {code.replace('_', ' ')}")
-    body = v2.error_body(err) if request.url.path.startswith("/v2") else err.body()
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
-@app.exception_handler(Exception)
-async def _internal(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error in %s", request.url.path, exc_info=exc)
-    return JSONResponse(
-        ApiError("internal", "internal error; see the server log").body(), status_code=500
-    )
-
-
+install_error_handlers(app)
 routes.bind(app, bentoml.get_current_service)
 # The decorator made HandServe a bentoml Service (typed as the class it wraps).
 _bentoml_service: Any = HandServe

@@ -22,11 +22,8 @@ Tensors travel as JSON ``data`` or with the binary tensor data extension (the
 
 from __future__ import annotations
 
-import json
-import struct
-import zlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -35,13 +32,12 @@ from handserve.artifacts import Manifest
 from service.errors import ApiError
 from service.parsing import b64decode
 from service.schemas import MAX_NAME_LENGTH, PositiveInt, _strict_int, describe_validation
+from service.v2_wire import OUTPUT, Output, deserialize_bytes, split_body
 
 TENSOR_INPUT = "image"
 BYTES_INPUT = "image_bytes"
-OUTPUT = "probabilities"
 #: Protocol extensions this server implements (reported by ``GET /v2``).
 EXTENSIONS = ["classification", "binary_tensor_data"]
-HEADER_LENGTH = "Inference-Header-Content-Length"
 #: Tensor datatypes the ``image`` input accepts, little-endian as the protocol sends them.
 TENSOR_TYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 #: More dimensions than this is not an image batch; refused before computing any size.
@@ -97,14 +93,6 @@ class _RequestParams(BaseModel):
 
 
 @dataclass(frozen=True)
-class Output:
-    """What one requested output wants: all probabilities or the top ``classification``."""
-
-    classification: int  # 0: the probabilities tensor
-    binary: bool
-
-
-@dataclass(frozen=True)
 class InferCall:
     """An infer request ready for the engine: pixels or encoded files, and what to answer."""
 
@@ -150,58 +138,6 @@ def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) ->
 
 
 # ---------------------------------------------------------------------- requests
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """The body a client compressed (``Content-Encoding``, as tritonclient can), bounded.
-
-    The decompressed size is capped at ``limit`` while inflating, so a small bomb is refused
-    without allocating what it expands to.
-    """
-    encoding = (encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise ApiError(
-            "unsupported_media_type",
-            f"Content-Encoding {encoding[:30]!r} is not supported; use gzip, deflate or none",
-        )
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | (16 if encoding == "gzip" else 0))
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ApiError("bad_request", f"the {encoding} body is corrupt: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise ApiError("body_too_large", f"the decompressed body is over {limit:,} bytes")
-    if not inflater.eof:
-        raise ApiError("bad_request", f"the {encoding} body is truncated")
-    return out
-
-
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON object and the binary data after it (binary tensor data extension)."""
-    if header_length is None:
-        json_part, binary = body, b""
-    else:
-        text = header_length.strip()
-        if not (text.isascii() and text.isdigit() and len(text) <= 18):
-            raise ApiError("bad_request", f"{HEADER_LENGTH} is not a number")
-        size = int(text)
-        if size > len(body):
-            raise ApiError(
-                "bad_request",
-                f"{HEADER_LENGTH} is {size:,} but the body has only {len(body):,} bytes",
-            )
-        json_part, binary = body[:size], body[size:]
-    if not json_part.strip():
-        raise ApiError("empty", "the request has no JSON inference header")
-    try:
-        data = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ApiError("bad_json", f"the inference header is not valid JSON: {exc}"[:300]) from None
-    if not isinstance(data, dict):
-        raise ApiError("bad_json", "the inference header must be a JSON object")
-    return data, binary
-
-
 def parse_infer(
     body: bytes, header_length: str | None, manifest: Manifest, max_images: int
 ) -> InferCall:
@@ -372,29 +308,6 @@ def _flatten(data: list[Any], limit: int) -> list[Any]:
     return out
 
 
-def deserialize_bytes(raw: bytes) -> list[bytes]:
-    """BYTES tensor data: each element a 4-byte little-endian length, then that many bytes."""
-    out: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise ApiError("bad_request", f"BYTES data is truncated in element {len(out)}'s length")
-        (size,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + size > len(raw):
-            raise ApiError(
-                "bad_request",
-                f"BYTES element {len(out)} declares {size:,} bytes; {len(raw) - offset:,} remain",
-            )
-        out.append(raw[offset : offset + size])
-        offset += size
-    return out
-
-
-def serialize_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in items)
-
-
 def _outputs(
     requested: list[RequestedOutput] | None, binary_default: bool, num_classes: int
 ) -> list[Output]:
@@ -415,59 +328,6 @@ def _outputs(
     return out
 
 
-# ---------------------------------------------------------------------- responses
-def classification(scores: np.ndarray, labels: list[str], k: int) -> list[bytes]:
-    """Triton's classification strings, ``score:index:label``, best first, row by row."""
-    out = []
-    for row in scores:
-        for i in np.argsort(-row, kind="stable")[:k]:
-            out.append(f"{float(row[i]):f}:{int(i)}:{labels[int(i)]}".encode())
-    return out
-
-
-def render(
-    call: InferCall, name: str, version: int, labels: list[str], scores: np.ndarray
-) -> tuple[bytes, dict[str, str], Literal["application/json", "application/octet-stream"]]:
-    """The response body, its headers and content type: JSON, or JSON then binary outputs."""
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    n = len(scores)
-    for want in call.outputs:
-        if want.classification:
-            strings = classification(scores, labels, want.classification)
-            tensor: dict[str, Any] = {
-                "name": OUTPUT,
-                "datatype": "BYTES",
-                "shape": [n, want.classification],
-            }
-            if want.binary:
-                blob = serialize_bytes(strings)
-            else:
-                tensor["data"] = [s.decode() for s in strings]
-        else:
-            tensor = {"name": OUTPUT, "datatype": "FP32", "shape": [n, scores.shape[1]]}
-            if want.binary:
-                blob = np.ascontiguousarray(scores, "<f4").tobytes()
-            else:
-                tensor["data"] = scores.astype(np.float32).ravel().tolist()
-        if want.binary:
-            tensor["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        outputs.append(tensor)
-    head: dict[str, Any] = {"model_name": name, "model_version": str(version)}
-    if call.id is not None:
-        head["id"] = call.id
-    head["outputs"] = outputs
-    header = json.dumps(head).encode()
-    if not blobs:
-        return header, {}, "application/json"
-    return (
-        header + b"".join(blobs),
-        {HEADER_LENGTH: str(len(header))},
-        "application/octet-stream",
-    )
-
-
 def openapi() -> dict[str, Any]:
     """The OpenAPI ``requestBody`` of the infer routes: the JSON header, or it plus binary."""
     schema = InferRequestBody.model_json_schema()
@@ -478,8 +338,3 @@ def openapi() -> dict[str, Any]:
             "content": {"application/json": {"schema": schema}, "application/octet-stream": binary},
         }
     }
-
-
-def error_body(err: ApiError) -> dict[str, str]:
-    """The protocol's error object: one message string."""
-    return {"error": err.message}
