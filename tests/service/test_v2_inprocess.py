@@ -425,3 +425,47 @@ def test_any_infer_request_gets_a_200_or_a_protocol_error(client, request) -> No
     if resp.status_code != 200:
         error = resp.json()["error"]
         assert isinstance(error, str) and 0 < len(error) < 600
+
+
+def test_infer_shares_admission_metrics_and_readiness(tiny_export: Path, tmp_path: Path) -> None:
+    """The v2 route takes /predict's path: the same admission cap, the same metrics."""
+    copy_version(tiny_export, tmp_path / "models", "tiny", 1)
+    cfg = ServiceConfig(
+        models_dir=str(tmp_path / "models"),
+        runtime="litert",
+        max_inflight_images=4,
+        max_batch_images=4,
+        retry_after_s=3,
+        warmup_batches=0,
+    )
+    files = [digit_png(s) for s in range(3)]
+    request = binary_request(
+        [({"name": "image_bytes", "shape": [3], "datatype": "BYTES"}, serialize(files))]
+    )
+    with inprocess_client(cfg, load=False) as (c, _):
+        resp = c.post("/v2/models/tiny/infer", **request)
+        assert resp.status_code == 503 and "loading" in resp.json()["error"]
+        assert c.get("/v2/health/ready").json() == {"ready": False}
+    with inprocess_client(cfg) as (c, svc):
+        svc.admission.acquire(2)  # two images of another request still in flight
+        resp = c.post("/v2/models/tiny/infer", **request)
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "3"
+        assert "capacity" in resp.json()["error"]
+        svc.admission.release(2)
+
+        def predicted_total() -> float:
+            return sum(
+                s.value
+                for m in svc.metrics.predictions.collect()
+                for s in m.samples
+                if s.name.endswith("_total") and s.labels["model"] == "tiny"
+            )
+
+        before = predicted_total()
+        assert c.post("/v2/models/tiny/infer", **request).status_code == 200
+        assert predicted_total() == before + 3
+        assert svc.admission.inflight == 0
+        rejected = svc.metrics.rejected_inputs.labels(reason="bad_request")
+        count = rejected._value.get()
+        c.post("/v2/models/tiny/infer", json={"inputs": []})
+        assert rejected._value.get() == count + 1
