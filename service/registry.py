@@ -29,6 +29,7 @@ from handserve import artifacts
 from handserve.artifacts import ArtifactError, Manifest
 from handserve.images import ImageSpec
 from handserve.runtimes import Runtime, choose_runtime_name, open_runtime
+from service import bento_guard
 from service.config import ServiceConfig
 from service.errors import ApiError
 
@@ -378,3 +379,8 @@ class ModelRegistry:
                 {"name": r.name, "version": r.version, "reason": r.reason} for r in self.refused
             ],
         }
+
+
+# `bentoml build` imports this module (through the service): a Bento with nothing to serve is
+# refused here, unless HANDSERVE_ALLOW_EMPTY_BENTO is set (service/bento_guard.py).
+bento_guard.refuse_empty_build()

@@ -1,12 +1,21 @@
-"""``bentoml build`` packs the service with its models; the SavedModel runtime serves too."""
+"""The Bentos: what they pack, that a build without a model is refused, and that the built CPU
+Bento starts the way a container would run it (its own requirements in a fresh environment, a
+non-root user, a read-only Bento folder) and predicts. The SavedModel runtime serves too.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,61 +23,268 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from handserve import artifacts
-from tests.service.helpers import REPO, digit_png, running_server, wait_ready
+from handserve.artifacts import ArtifactError
+from handserve.images import decode_image
+from handserve.runtimes import open_runtime
+from service.bento_guard import ALLOW_ENV
+from service.registry import load_for_runtime
+from tests.service.helpers import REPO, corrupt, digit_png, running_server, wait_ready
+
+PROJECT_FILES = ("bentofile.yaml", "bentofile-gpu.yaml", "handserve", "service", "models/README.md")
+#: Every package the service imports (or uvicorn uses) must reach the image.
+PACKAGES = (
+    "bentoml==1.4.39",
+    "ai-edge-litert",
+    "numpy",
+    "pillow",
+    "pyyaml",
+    "prometheus-client",
+    "fastapi",
+    "pydantic",
+    "pydantic-settings",
+    "uvloop",
+    "httptools",
+)
+NOBODY = 65534
 
 
-@pytest.mark.slow
-def test_bentoml_build_includes_service_models_and_dockerfile(
-    tmp_path: Path, tiny_export: Path
-) -> None:
-    # Build from a copy of the project with a real export in models/, as a user would after
-    # `handserve train --export`, so the check below sees a model that must verify.
-    project = tmp_path / "project"
-    for rel in ("bentofile.yaml", "handserve", "service", "models/README.md"):
-        src_path, dst = REPO / rel, project / rel
-        if src_path.is_dir():
-            shutil.copytree(src_path, dst, ignore=shutil.ignore_patterns("__pycache__"))
+def make_project(root: Path, export: Path | None = None, *, broken: bool = False) -> Path:
+    """A copy of the project as a user builds it: sources, bentofiles, models/ (maybe empty).
+
+    With ``export``, it is ``models/tiny/1`` (one byte of model.tflite flipped if ``broken``),
+    next to a half-written ``.staging-*`` folder that must never be packed.
+    """
+    project = root / "project"
+    for rel in PROJECT_FILES:
+        src, dst = REPO / rel, project / rel
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src_path, dst)
-    shutil.copytree(tiny_export, project / "models" / "tiny" / "1")
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "true"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", str(project), "--output", "tag"],
-        env=env,
+            shutil.copy2(src, dst)
+    if export is not None:
+        version = project / "models" / "tiny" / "1"
+        shutil.copytree(export, version)
+        shutil.copytree(export, project / "models" / "tiny" / ".staging-abc")
+        if broken:
+            corrupt(version)
+    return project
+
+
+def build(
+    project: Path, home: Path, bentofile: str = "bentofile.yaml", **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != ALLOW_ENV}
+    environ.update(BENTOML_HOME=str(home), BENTOML_DO_NOT_TRACK="true", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", str(project / bentofile), str(project)],
+        env=environ,
         capture_output=True,
         text=True,
         timeout=300,
         cwd=project,
     )
+
+
+def the_bento(home: Path, name: str) -> Path:
+    (bento,) = (home / "bentos" / name).glob("*/bento.yaml")
+    return bento.parent
+
+
+def model_files(bento: Path) -> set[str]:
+    models = bento / "src" / "models"
+    return {str(p.relative_to(models)) for p in models.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cpu_bento(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cpu_bento")
+    result = build(make_project(root, tiny_export), root / "home")
     assert result.returncode == 0, result.stderr[-3000:]
-    bentos = list((tmp_path / "home" / "bentos" / "handserve").glob("*/bento.yaml"))
-    assert len(bentos) == 1
-    bento = bentos[0].parent
-    meta = yaml.safe_load(bentos[0].read_text())
+    return the_bento(root / "home", "handserve")
+
+
+@pytest.mark.slow
+def test_cpu_bento_packs_only_what_litert_serving_reads(cpu_bento: Path) -> None:
+    meta = yaml.safe_load((cpu_bento / "bento.yaml").read_text())
     assert meta["service"] == "service.service:HandServe"
-    src = bento / "src"
-    for rel in (
-        "service/service.py",
-        "service/parsing.py",
-        "handserve/runtimes.py",
-        "handserve/images.py",
-        "handserve/artifacts.py",
-        "service/static/index.html",
-        "models/README.md",
-    ):
-        assert (src / rel).is_file(), rel
-    # The model travels whole: every checksum in its manifest holds inside the Bento, so the
-    # packaged service can serve it (an excluded file would make it refuse the model).
-    manifest = artifacts.load_verified(src / "models" / "tiny" / "1")
-    assert manifest.name == "tiny"
-    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
-    assert "FROM python:3.11" in dockerfile
+    assert {e["name"]: e["value"] for e in meta["envs"]}["HANDSERVE_RUNTIME"] == "litert"
+    for rel in ("service/service.py", "service/reload.py", "handserve/runtimes.py"):
+        assert (cpu_bento / "src" / rel).is_file(), rel
+    assert (cpu_bento / "src" / "service" / "static" / "index.html").is_file()
+    # No saved_model/, model.keras, other .tflite files, report/, samples.npz or staging folder.
+    assert model_files(cpu_bento) == {"README.md", "tiny/1/manifest.json", "tiny/1/model.tflite"}
+    version = cpu_bento / "src" / "models" / "tiny" / "1"
+    assert load_for_runtime(version, "litert", "model.tflite").name == "tiny"
+    with pytest.raises(ArtifactError, match="savedmodel needs it, but it is missing"):
+        load_for_runtime(version, "savedmodel", "model.tflite")
+    with pytest.raises(ArtifactError, match="needs it, but it is missing"):
+        load_for_runtime(version, "litert", "model_fp16.tflite")
+    reqs = (cpu_bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    for package in PACKAGES:
+        assert any(line.startswith(package) for line in reqs), package
+    assert not any(line.startswith("tensorflow") for line in reqs)
+    assert "FROM python:3.11" in (cpu_bento / "env" / "docker" / "Dockerfile").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_bento_adds_tensorflow_and_the_saved_model(tiny_export: Path, tmp_path: Path) -> None:
+    result = build(make_project(tmp_path, tiny_export), tmp_path / "home", "bentofile-gpu.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    bento = the_bento(tmp_path / "home", "handserve-gpu")
+    meta = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert {e["name"]: e["value"] for e in meta["envs"]}["HANDSERVE_RUNTIME"] == "savedmodel"
+    files = model_files(bento)
+    assert {"README.md", "tiny/1/manifest.json", "tiny/1/saved_model/saved_model.pb"} <= files
+    assert {f for f in files if not f.startswith("tiny/1/saved_model/")} == {
+        "README.md",
+        "tiny/1/manifest.json",
+    }
+    version = bento / "src" / "models" / "tiny" / "1"
+    assert load_for_runtime(version, "savedmodel", "model.tflite").name == "tiny"
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "ai-edge-litert" in reqs and "bentoml==1.4.39" in reqs
-    for package in ("fastapi", "pydantic", "uvloop", "httptools"):  # imported or used by serve
-        assert package in reqs, package
+    assert "tensorflow[and-cuda]>=2.21,<2.22" in reqs and "pydantic-settings" in reqs
+
+
+@pytest.mark.slow
+def test_build_refuses_without_a_servable_model(tiny_export: Path, tmp_path: Path) -> None:
+    empty = make_project(tmp_path / "empty")
+    result = build(empty, tmp_path / "home")
+    assert result.returncode != 0
+    assert "refusing to build a Bento with no servable model" in result.stderr
+    assert ALLOW_ENV in result.stderr
+    assert not (tmp_path / "home" / "bentos" / "handserve").exists()
+
+    broken = make_project(tmp_path / "broken", tiny_export, broken=True)
+    result = build(broken, tmp_path / "home")
+    assert result.returncode != 0
+    assert "tiny/1:" in result.stderr and "sha256 differs" in result.stderr
+
+    guard = [sys.executable, "-m", "service.bento_guard", "-f", "bentofile.yaml"]
+    checked = subprocess.run(guard, cwd=empty, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 2 and "no servable model" in checked.stderr
+    good = make_project(tmp_path / "good", tiny_export)
+    checked = subprocess.run(guard, cwd=good, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and "serves tiny/1 (litert)" in checked.stdout
+
+    # On purpose: an image for models on a volume.
+    result = build(empty, tmp_path / "home", **{ALLOW_ENV: "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert model_files(the_bento(tmp_path / "home", "handserve")) == {"README.md"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _as_nobody() -> list[str]:
+    """Run as an unprivileged user, as the image does (the tests may run as root)."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def _fresh_venv(requirements: Path, where: Path) -> Path:
+    """A virtual environment with exactly the Bento's requirements, from the package index."""
+    python = shutil.which("python3.11", path="/usr/bin:/usr/local/bin") or sys.executable
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    venv = where / "venv"
+    if uv:
+        subprocess.run([uv, "venv", "-q", "--python", python, str(venv)], check=True)
+        install = [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python")]
+    else:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        install = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    done = subprocess.run(
+        [*install, "-r", str(requirements)], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return venv
+
+
+@contextlib.contextmanager
+def _serve_bento(venv: Path, bento: Path, scratch: Path, port: int) -> Iterator[Path]:
+    """``bentoml serve`` of the Bento folder as the image runs it: its own environment
+    variables, an unwritable HOME, writable places only under ``scratch``."""
+    meta = yaml.safe_load((bento / "bento.yaml").read_text())
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": "/nonexistent",
+        "TMPDIR": str(scratch),
+        "BENTOML_HOME": str(scratch / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **{e["name"]: e["value"] for e in meta["envs"]},
+    }
+    cmd = [str(venv / "bin" / "python"), "-m", "bentoml", "serve", str(bento)]
+    log_path = scratch / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*_as_nobody(), *cmd, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=bento,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield log_path
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_built_bento_serves_from_its_own_requirements_as_non_root(cpu_bento: Path) -> None:
+    """Stands in for the container: a fresh environment with only the Bento's requirements,
+    uid 65534, a read-only Bento folder; it must start, turn ready and predict."""
+    root = Path(tempfile.mkdtemp(prefix="handserve-bento-run-"))
+    try:
+        root.chmod(0o755)  # the unprivileged user reads the Bento and the environment here
+        venv = _fresh_venv(cpu_bento / "env" / "python" / "requirements.txt", root)
+        bento = root / "bento"
+        shutil.copytree(cpu_bento, bento)
+        subprocess.run(["chmod", "-R", "a+rX,a-w", str(bento)], check=True)
+        scratch = root / "scratch"
+        scratch.mkdir()
+        if _as_nobody():
+            os.chown(scratch, NOBODY, NOBODY)
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        with _serve_bento(venv, bento, scratch, port) as log:
+            deadline = time.monotonic() + 150
+            status = None
+            while time.monotonic() < deadline and status != 200:
+                time.sleep(0.5)
+                with contextlib.suppress(requests.RequestException):
+                    status = requests.get(url + "/readyz", timeout=2).status_code
+            assert status == 200, log.read_text()[-4000:]
+            r = requests.post(url + "/predict", files={"image": digit_png(4)}, timeout=30)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert (body["model"], body["version"]) == ("tiny", 1)
+            assert requests.get(url + "/models", timeout=10).json()["models"][0]["runtime"] == (
+                "litert"
+            )
+        # The answer is the model's: the same file run here gives the same best class.
+        version = bento / "src" / "models" / "tiny" / "1"
+        manifest = load_for_runtime(version, "litert", "model.tflite")
+        runtime = open_runtime(version, manifest, runtime="litert")
+        pixels = decode_image(digit_png(4), manifest.input.image_spec)[None]
+        scores = runtime.predict(pixels)[0]
+        best = body["predictions"][0]
+        assert best["index"] == int(scores.argmax())
+        assert best["score"] == pytest.approx(float(scores.max()), abs=1e-5)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(root)], check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.server
