@@ -247,8 +247,8 @@ def _explain(
         elif field in file_values:
             lines.append(f"{path}: {field!r}: {message} (got {file_values[field]!r})")
         else:  # a check across fields: name every value that was given
-            given = [f"${ENV_PREFIX}{n.upper()}" for n in ServiceConfig.model_fields]
-            given = [f"{v}={lowered[v]!r}" for v in given if v in lowered]
+            names = [ENV_PREFIX + n.upper() for n in ServiceConfig.model_fields]
+            given = [f"${v}={lowered[v]!r}" for v in names if v in lowered]
             given += [f"{path}: {k}" for k in file_values]
             lines.append(f"{where or 'config'}: {message} (given: {', '.join(given) or 'none'})")
     if unknown:
