@@ -45,6 +45,17 @@ bench-serve: $(STAMP)
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
 
+## bento / bento-gpu: check models/ holds a servable model, then build the LiteRT (CPU) or the
+## SavedModel (GPU, TensorFlow) Bento. HANDSERVE_ALLOW_EMPTY_BENTO=1: an image for a models volume.
+.PHONY: bento bento-gpu
+bento: $(STAMP)
+	$(BIN)/python -m service.bento_guard -f bentofile.yaml
+	$(BIN)/bentoml build -f bentofile.yaml
+
+bento-gpu: $(STAMP)
+	$(BIN)/python -m service.bento_guard -f bentofile-gpu.yaml
+	$(BIN)/bentoml build -f bentofile-gpu.yaml
+
 # ---- Kubernetes (k8s/README.md). The image tags live in k8s/release/kustomization.yaml only.
 REGISTRY ?= registry.example.com
 IMAGE ?= handserve
