@@ -104,6 +104,24 @@ def cpu_bento(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return the_bento(root / "home", "handserve")
 
 
+def test_server_checks_every_present_file_and_needs_its_runtimes(
+    tiny_export: Path, tmp_path: Path
+) -> None:
+    """What a Bento leaves out may be absent; what is there must match; what runs must be."""
+    version = tmp_path / "models" / "tiny" / "1"
+    shutil.copytree(tiny_export, version)
+    shutil.rmtree(version / "saved_model")
+    manifest = load_for_runtime(version, "litert", "model.tflite")
+    with pytest.raises(ArtifactError, match="savedmodel needs it, but it is missing"):
+        load_for_runtime(version, "savedmodel", "model.tflite")
+    other = next(
+        e.path for e in manifest.files if e.path != "model.tflite" and (version / e.path).is_file()
+    )
+    corrupt(version, other)  # a file LiteRT does not read, but which is there and changed
+    with pytest.raises(ArtifactError, match="sha256 differs"):
+        load_for_runtime(version, "litert", "model.tflite")
+
+
 @pytest.mark.slow
 def test_cpu_bento_packs_only_what_litert_serving_reads(cpu_bento: Path) -> None:
     meta = yaml.safe_load((cpu_bento / "bento.yaml").read_text())
