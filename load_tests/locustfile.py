@@ -13,22 +13,38 @@ Environment:
     HANDSERVE_MODEL       model name to ask for (default: the server's default model)
     HANDSERVE_TOP_K       top_k to ask for (default 3)
     HANDSERVE_BATCH_SIZE  images per /predict_batch request (default 8)
+
+The run gates (exit code 1 when breached, 0 when met, as CI and a Kubernetes Job read it):
+    --max-p95-ms / LOCUST_MAX_P95_MS        p95 of all requests, ms (default 500; 0 = no gate)
+    --max-error-pct / LOCUST_MAX_ERROR_PCT  failed requests, % (default 1)
+and the load follows ``--shape`` / ``LOCUST_SHAPE``: ``constant`` (-u users, as plain locust),
+``ramp`` (-u in four equal steps over -t) or ``spike`` (a tenth of -u, then all of -u at once
+for the middle third of -t, then back).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import io
+import logging
 import os
 import random
 from typing import Any
 
-from locust import HttpUser, between, task
+from locust import HttpUser, LoadTestShape, between, events, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
 
 MODEL = os.environ.get("HANDSERVE_MODEL") or None
 TOP_K = int(os.environ.get("HANDSERVE_TOP_K", "3"))
 BATCH_SIZE = int(os.environ.get("HANDSERVE_BATCH_SIZE", "8"))
 IMAGE_SIZE = 28  # MNIST's size; the service resizes to whatever the model takes
+SHAPES = ("constant", "ramp", "spike")
+#: Length of a ramp or spike run started without --run-time, in seconds.
+DEFAULT_SHAPE_SECONDS = 60.0
+
+log = logging.getLogger("handserve.loadtest")
 
 
 @functools.cache
@@ -140,3 +156,113 @@ class PredictUser(HttpUser):
     def predict_batch(self) -> None:
         pngs = random.sample(digit_pngs(), BATCH_SIZE)
         self._post("/predict_batch", "/predict_batch", batch_request(pngs), len(pngs))
+
+
+# --------------------------------------------------------------------------- gates and shape
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The thresholds and the shape, as flags or LOCUST_* variables (locust's own convention)."""
+    parser.add_argument(
+        "--max-p95-ms",
+        type=float,
+        default=500.0,
+        env_var="LOCUST_MAX_P95_MS",
+        help="exit code 1 when the p95 response time of all requests exceeds this (0: no gate)",
+    )
+    parser.add_argument(
+        "--max-error-pct",
+        type=float,
+        default=1.0,
+        env_var="LOCUST_MAX_ERROR_PCT",
+        help="exit code 1 when more than this percentage of requests failed",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="constant",
+        env_var="LOCUST_SHAPE",
+        help="constant (-u users), ramp (four steps up to -u over -t) or spike (-u/10, -u, -u/10)",
+    )
+
+
+def breaches(
+    num_requests: int, num_failures: int, p95_ms: float, max_p95_ms: float, max_error_pct: float
+) -> list[str]:
+    """What a finished run breached, each naming its flag; empty when the run passes."""
+    if num_requests == 0:
+        return ["no request was made (is --host right?)"]
+    problems = []
+    error_pct = 100.0 * num_failures / num_requests
+    if error_pct > max_error_pct:
+        problems.append(f"error rate {error_pct:.2f}% > {max_error_pct:g}% (--max-error-pct)")
+    if max_p95_ms > 0 and p95_ms > max_p95_ms:
+        problems.append(f"p95 {p95_ms:g} ms > {max_p95_ms:g} ms (--max-p95-ms)")
+    return problems
+
+
+@events.quitting.add_listener
+def gate(environment: Environment, **_kwargs: Any) -> None:
+    """Set the process exit code from the thresholds (on the master, where the totals are)."""
+    options = environment.parsed_options
+    if isinstance(environment.runner, WorkerRunner) or options is None:
+        return
+    total = environment.stats.total
+    p95 = total.get_response_time_percentile(0.95) or 0
+    problems = breaches(
+        total.num_requests, total.num_failures, p95, options.max_p95_ms, options.max_error_pct
+    )
+    if problems:
+        log.error("load test FAILED its thresholds: %s", "; ".join(problems))
+        environment.process_exit_code = 1
+        return
+    log.info(
+        "load test passed: %d requests, %.2f%% failed, p95 %g ms",
+        total.num_requests,
+        100.0 * total.fail_ratio,
+        p95,
+    )
+    # Failures within --max-error-pct pass; an exception in the locustfile still fails the run.
+    if environment.runner is not None and not environment.runner.exceptions:
+        environment.process_exit_code = 0
+
+
+def stages(
+    shape: str, users: int, spawn_rate: float, seconds: float
+) -> list[tuple[float, int, float]]:
+    """The load over time: (until this second, users, spawn rate per second) steps."""
+    if shape == "constant":
+        return [(seconds, users, spawn_rate)]
+    if shape == "ramp":
+        step = seconds / 4
+        return [(step * i, max(1, users * i // 4), spawn_rate) for i in range(1, 5)]
+    if shape == "spike":
+        base = max(1, users // 10)
+        burst = float(max(spawn_rate, users))  # all spike users at once
+        return [
+            (seconds * 0.3, base, spawn_rate),
+            (seconds * 0.6, users, burst),
+            (seconds, base, burst),
+        ]
+    raise ValueError(f"--shape/LOCUST_SHAPE: {shape!r} is not one of {', '.join(SHAPES)}")
+
+
+class StagedShape(LoadTestShape):
+    """Follows ``stages(--shape, -u, -r, -t)``; ``constant`` behaves as locust without a shape."""
+
+    use_common_options = True  # read -u, -r and -t instead of ignoring them
+
+    def tick(self) -> tuple[int, float] | None:
+        assert self.runner is not None
+        options = self.runner.environment.parsed_options
+        assert options is not None, "a shape runs only from the locust command line"
+        users, rate = int(options.num_users or 1), float(options.spawn_rate or 1)
+        if options.shape == "constant" and not options.run_time:
+            return users, rate  # until Ctrl-C, as plain locust
+        seconds = float(options.run_time or DEFAULT_SHAPE_SECONDS)
+        now = self.get_run_time()
+        for until, stage_users, stage_rate in stages(options.shape, users, rate, seconds):
+            if now < until:
+                return stage_users, stage_rate
+        return None
