@@ -8,6 +8,7 @@ install-test-tools.sh installs it from Debian).
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -62,8 +63,9 @@ def compose(tmp_path: Path, resources: list[str], components: list[str]) -> list
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "namespace": NAMESPACE,
-        "resources": [str(K8S / r) for r in resources],
-        "components": [str(K8S / c) for c in components],
+        # kustomize takes relative paths only; folders outside the root are allowed
+        "resources": [os.path.relpath(K8S / r, tmp_path) for r in resources],
+        "components": [os.path.relpath(K8S / c, tmp_path) for c in components],
     }
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return kustomize(tmp_path)
