@@ -69,8 +69,10 @@ k8s-pin:
 	@test -n "$(TAG)" || { echo "k8s-pin: set TAG=<immutable tag or Bento version>" >&2; exit 2; }
 	$(BIN)/python k8s/pin_image.py --file $(K8S_RELEASE) $(IMAGE) $(REGISTRY)/$(IMAGE):$(TAG)
 
-## release: bentoml build -f BENTOFILE, containerize, push to REGISTRY, pin IMAGE (needs Docker)
+## release: model check, bentoml build -f BENTOFILE, containerize, push to REGISTRY, pin IMAGE
+## (needs Docker). GPU: make release BENTOFILE=bentofile-gpu.yaml IMAGE=handserve-gpu
 release:
+	$(BIN)/python -m service.bento_guard -f $(BENTOFILE)
 	tag=$$($(BIN)/bentoml build -f $(BENTOFILE) -o tag | sed -n 's/^__tag__://p' | tail -n 1); \
 	test -n "$$tag" || { echo "release: bentoml build printed no tag" >&2; exit 2; }; \
 	version=$${tag#*:}; \
