@@ -78,4 +78,4 @@ release:
 	version=$${tag#*:}; \
 	$(BIN)/bentoml containerize "$$tag" -t $(REGISTRY)/$(IMAGE):$$version \
 	  && docker push $(REGISTRY)/$(IMAGE):$$version \
-	  && $(MAKE) --no-print-directory k8s-pin IMAGE=$(IMAGE) TAG=$$version
+	  && $(BIN)/python k8s/pin_image.py --file $(K8S_RELEASE) $(IMAGE) $(REGISTRY)/$(IMAGE):$$version
