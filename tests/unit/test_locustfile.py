@@ -1,4 +1,5 @@
-"""The load test in load_tests/locustfile.py builds valid requests and runs clean against a server.
+"""The load test in load_tests/locustfile.py builds valid requests, shapes the load as its
+``--shape`` says (ramp, spike, constant) and judges a run by its thresholds.
 
 Run: ``pytest tests/unit/test_locustfile.py``. A short real run against the session's server
 is in ``tests/service/test_locustfile_server.py`` (it needs that folder's ``server`` fixture).
