@@ -115,7 +115,9 @@ def test_new_version_is_served_bad_one_refused_pinned_stays(
             wait_for(lambda: served(url)["digits"] == 2, "/models shows digits 2")
             wait_for(lambda: model_info(url).get(("digits", "1")) == 0, "old version's gauge 0")
             time.sleep(1)
-        statuses = Counter(status for status, _ in traffic.seen)
+        statuses = Counter[int]()
+        for (status, _), n in traffic.seen.items():
+            statuses[status] += n
         assert sum(statuses.values()) >= 10, traffic.seen  # traffic flowed through the switch
         assert statuses == {200: statuses[200]}, traffic.seen  # no refusal during the switch
         versions = {version for _, version in traffic.seen}
@@ -164,3 +166,22 @@ def test_server_started_empty_serves_the_first_published_model(
         assert r.status_code == 200, r.text
         assert (r.json()["model"], r.json()["version"]) == ("signs", 1)
         assert model_info(url)[("signs", "1")] == 1
+
+
+def test_savedmodel_runtime_switches_too(tiny_export: Path, tmp_path: Path) -> None:
+    """The GPU path: the new version gets its own batching dispatcher (warmed, then served)."""
+    models = tmp_path / "models"
+    publish(tiny_export, models, "digits", 1)
+    env = {
+        "HANDSERVE_RUNTIME": "savedmodel",
+        "HANDSERVE_WARMUP_BATCHES": "1",
+        "HANDSERVE_RELOAD_INTERVAL_S": str(INTERVAL_S),
+    }
+    with running_server(models, tmp_path, env) as (url, proc, _):
+        wait_ready(url, proc, timeout=180)
+        publish(tiny_export, models, "digits", 2)
+        wait_for(lambda: served(url)["digits"] == 2, "/models shows digits 2", timeout=120)
+        r = requests.post(url + "/predict", files={"image": digit_png(5)}, timeout=30)
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        info = model_info(url)
+        assert (info[("digits", "1")], info[("digits", "2")]) == (0, 1)
