@@ -68,6 +68,35 @@ def test_the_oldest_and_newest_versions_are_checked() -> None:
     assert K8S_VERSIONS[-1] == kv.latest_version()
 
 
+def _resource_files() -> list[Path]:
+    """Every file a kustomization (or component) lists under ``resources``: whole resources,
+    as opposed to patches, which are partial by design."""
+    files = set()
+    for kfile in K8S.rglob("kustomization.yaml"):
+        if kfile.is_relative_to(K8S / "kserve"):
+            continue
+        for entry in yaml.safe_load(kfile.read_text()).get("resources") or []:
+            path = (kfile.parent / entry).resolve()
+            if path.is_file():
+                files.add(path)
+    return sorted(files)
+
+
+def test_resource_files_validate_without_kustomize() -> None:
+    """Runs without kubectl too: the files as written, before any overlay touches them."""
+    files = _resource_files()
+    assert len(files) >= 10, files
+    for path in files:
+        for resource in yaml.safe_load_all(path.read_text()):
+            if not resource or resource["kind"] in CRD_KINDS:
+                continue
+            for version in K8S_VERSIONS:
+                try:
+                    kv.validate(resource, version, strict=True)
+                except kv.ValidationError as exc:
+                    pytest.fail(f"{path}: {resource['kind']} is invalid for {version}: {exc}")
+
+
 @needs_kubectl
 @pytest.mark.parametrize("name", [*BUILDS, "base"])
 def test_rendered_resources_validate_against_the_kubernetes_schema(name: str) -> None:
