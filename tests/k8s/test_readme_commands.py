@@ -117,6 +117,17 @@ def _check_make(argv: list[str], tmp_path: Path) -> None:
         assert (REPO / variables["BENTOFILE"]).is_file(), variables["BENTOFILE"]
     if target == "k8s-pin":
         _run_pin(argv, tmp_path)
+    if target == "release":  # no Docker here: check what it would run (make -n runs nothing)
+        out = subprocess.run(
+            ["make", "-n", "-C", str(REPO), *argv[1:]], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        bentofile = variables.get("BENTOFILE", "bentofile.yaml")
+        image = f"{variables['REGISTRY']}/{variables.get('IMAGE', 'handserve')}"
+        assert f"service.bento_guard -f {bentofile}" in out.stdout  # refuses a model-less Bento
+        assert f"bentoml build -f {bentofile} -o tag" in out.stdout
+        assert f"docker push {image}:$version" in out.stdout
+        assert f"{variables.get('IMAGE', 'handserve')} {image}:$version" in out.stdout  # the pin
 
 
 def _check_train(argv: list[str]) -> None:
