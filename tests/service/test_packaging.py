@@ -178,6 +178,13 @@ def test_build_refuses_without_a_servable_model(tiny_export: Path, tmp_path: Pat
     assert result.returncode != 0
     assert "tiny/1:" in result.stderr and "sha256 differs" in result.stderr
 
+    # The GPU Bento is checked for its own runtime (from its bentofile's environment).
+    no_saved_model = make_project(tmp_path / "tflite_only", tiny_export)
+    shutil.rmtree(no_saved_model / "models" / "tiny" / "1" / "saved_model")
+    result = build(no_saved_model, tmp_path / "home", "bentofile-gpu.yaml")
+    assert result.returncode != 0
+    assert "savedmodel needs it, but it is missing" in result.stderr
+
     guard = [sys.executable, "-m", "service.bento_guard", "-f", "bentofile.yaml"]
     checked = subprocess.run(guard, cwd=empty, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 2 and "no servable model" in checked.stderr
