@@ -272,18 +272,27 @@ class BatchingEngine:
     kind = "batching"
 
     def __init__(
-        self, max_batch_size: int, max_latency_ms: int, max_pixels: int, metrics: Any = None
+        self,
+        max_batch_size: int,
+        max_latency_ms: int,
+        max_pixels: int,
+        metrics: Any = None,
+        retire_after_s: float = 60.0,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_latency_ms = max_latency_ms
         self.max_pixels = max_pixels
         self.metrics = metrics
-        self._dispatchers: dict[tuple[str, int], Any] = {}
+        #: How long an older version's dispatcher lives on once a newer version has one: the
+        #: requests already resolved to it finish (the server's request timeout bounds them).
+        self.retire_after_s = retire_after_s
+        # (name, version) -> (the batching callable, its CorkDispatcher)
+        self._dispatchers: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def _dispatcher(self, model: LoadedModel) -> Any:
         key = (model.name, model.version)
-        fn = self._dispatchers.get(key)
-        if fn is None:
+        entry = self._dispatchers.get(key)
+        if entry is None:
             # BentoML's public API batches only behind an HTTP route; the dispatcher class is
             # the same one, imported from its module (bentoml is pinned to 1.4.x).
             from bentoml._internal.marshal.dispatcher import CorkDispatcher
@@ -301,8 +310,30 @@ class BatchingEngine:
                 fallback=overloaded,
                 get_batch_size=lambda item: 1,
             )
-            fn = self._dispatchers[key] = dispatcher(self._batch_fn(model))
-        return fn
+            entry = self._dispatchers[key] = (dispatcher(self._batch_fn(model)), dispatcher)
+            self._retire_older(model.name, model.version)
+        return entry[0]
+
+    def _retire_older(self, name: str, version: int) -> None:
+        """Stop the dispatchers of older versions of ``name`` after ``retire_after_s``.
+
+        A dispatcher holds its model (and a controller task) for as long as it exists, so
+        without this every version a reloading server ever served stayed in memory.
+        """
+        loop = asyncio.get_running_loop()
+        for key in [k for k in self._dispatchers if k[0] == name and k[1] < version]:
+
+            def retire(key: tuple[str, int] = key) -> None:
+                entry = self._dispatchers.pop(key, None)
+                if entry is not None:
+                    entry[1].shutdown()
+                    log.info("stopped the batcher of %s/%d", *key)
+
+            loop.call_later(self.retire_after_s, retire)
+
+    def dispatched_versions(self, name: str) -> list[int]:
+        """The versions of ``name`` that have a dispatcher now (for tests and debugging)."""
+        return sorted(v for n, v in self._dispatchers if n == name)
 
     def _batch_fn(self, model: LoadedModel) -> Any:
         async def run_batch(items: Sequence[_Item]) -> list[np.ndarray]:

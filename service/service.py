@@ -159,7 +159,11 @@ class HandServe:
         """Batching where it pays (SavedModel), parallel interpreters where it does not."""
         if self.registry.runtime_name == "savedmodel":
             return BatchingEngine(
-                self.cfg.max_batch_size, self.cfg.max_latency_ms, self.cfg.max_pixels, self.metrics
+                self.cfg.max_batch_size,
+                self.cfg.max_latency_ms,
+                self.cfg.max_pixels,
+                self.metrics,
+                retire_after_s=self.cfg.timeout_s,
             )
         return ParallelEngine(self.cfg.max_pixels, self.metrics)
 
