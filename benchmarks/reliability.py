@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from handserve import artifacts  # noqa: E402
 from handserve.images import decode_image  # noqa: E402
 from handserve.runtimes import LiteRTRuntime  # noqa: E402
-from service.cli import background_server  # noqa: E402
+from tests.fixtures_server import background_server  # noqa: E402
 
 
 def good_images(spec: artifacts.InputContract, n: int = 24) -> list[tuple[bytes, str]]:

@@ -34,13 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from handserve.images import ImageSpec
+from handserve.images import ImageSpec, color_mode_for
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-LABELS = "labels.txt"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")  # ASCII only: str.isdigit() accepts "²"
 
@@ -76,7 +75,7 @@ class InputContract:
                 raise ValueError(f"input.{key} must be a positive integer, got {value!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"input.channels must be 1 or 3, got {self.channels}")
-        expected = "grayscale" if self.channels == 1 else "rgb"
+        expected = color_mode_for(self.channels)
         if self.color_mode != expected:
             raise ValueError(
                 f"input.color_mode {self.color_mode!r} does not match channels={self.channels}"

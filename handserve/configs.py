@@ -1,8 +1,11 @@
-"""Typed, frozen configuration dataclasses loaded from YAML/TOML and overridden by flags.
+"""Typed, frozen configuration classes loaded from YAML/TOML/JSON files and overridden by flags.
 
-Shared by ``TrainConfig`` and ``ServiceConfig``: one place rejects unknown keys and wrong types
-with a message that names the key and the file, so a typo in a config never silently falls back
-to a default. Precedence: dataclass defaults < config file < command-line flags.
+A config class is a pydantic dataclass with :data:`STRICT` settings (``TrainConfig``); pydantic
+checks the types and this module turns its first complaint into one line naming the source, the
+key, what it must be and what it got, so a typo in a config never silently falls back to a
+default. ``add_arguments`` makes one ``--flag`` per field. Precedence: defaults < config file <
+command-line flags. ``ServiceConfig`` (pydantic-settings) shares :func:`read_config_file` and
+:class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from pydantic import ConfigDict, ValidationError
 
 T = TypeVar("T")
 
@@ -47,74 +51,61 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+#: The pydantic settings of every config class: types checked strictly (an int is accepted where
+#: a float is wanted, nothing else is converted), unknown keys refused.
+STRICT = ConfigDict(strict=True, extra="forbid")
+
+#: What a value of the wrong type should have been, by pydantic error type.
+_WANTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping",
+}
 
 
-def _coerce(name: str, value: Any, hint: Any, source: str) -> Any:
-    """Check ``value`` against the field's type; allow int→float and list→tuple only."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(name, value, arg, source)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{source}: bad value for {name!r}")
-    if origin is typing.Literal:
-        if value not in args:
-            choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{source}: {name!r} must be one of {choices}, got {value!r}")
-        return value
-    if origin in (tuple, list):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{source}: {name!r} must be a list, got {value!r}")
-        inner = args[0] if args else Any
-        items = [_coerce(name, v, inner, source) for v in value]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {name!r} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: {name!r} must be true or false, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{source}: {name!r} must be a number, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: {name!r} must be an integer, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{source}: {name!r} must be a string, got {value!r}")
-    return value
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _explain(exc: ValidationError, cls: type, values: dict[str, Any], source: str) -> str:
+    """pydantic's first error as one line: the source, the key, what it must be, what it got."""
+    error = exc.errors()[0]
+    if not error["loc"]:  # a check in __post_init__ (a value out of range): its own message
+        return f"{source}: {error.get('ctx', {}).get('error', error['msg'])}"
+    name = str(error["loc"][0])
+    got = values.get(name)
+    if error["type"] == "literal_error":
+        hint = typing.get_type_hints(cls)[name]
+        args = typing.get_args(hint)
+        literal = next((a for a in args if typing.get_origin(a) is typing.Literal), hint)
+        choices = ", ".join(repr(a) for a in typing.get_args(literal))
+        return f"{source}: {name!r} must be one of {choices}, got {got!r}"
+    wanted = _WANTED.get(error["type"])
+    if wanted is None:
+        return f"{source}: {name!r}: {error['msg']}, got {got!r}"
+    return f"{source}: {name!r} must be {wanted}, got {got!r}"
 
 
 def build(cls: type[T], values: dict[str, Any], source: str) -> T:
-    """Make a ``cls`` from ``values``, rejecting unknown keys and wrong types."""
-    hints = _hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
+    """Make a ``cls`` (a pydantic dataclass) from ``values``, refusing unknown keys, wrong types."""
+    known = _field_names(cls)
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
             f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
         )
-    coerced = {k: _coerce(k, v, hints[k], source) for k, v in values.items()}
     try:
-        return cls(**coerced)
+        return cls(**values)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, cls, values, source)) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 
@@ -134,16 +125,18 @@ def add_arguments(
 ) -> None:
     """One ``--flag`` per dataclass field, defaulting to None so unset flags do not override.
 
-    The help text is the field's ``help`` metadata and its default.
+    The help text is the field's ``help`` metadata and its default (or its
+    ``shown_default`` metadata, for a default that depends on other fields).
     """
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         hint = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        shown = f.metadata.get("shown_default", repr(default))
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         origin = typing.get_origin(hint)
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         base = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else hint
@@ -171,7 +164,8 @@ def add_arguments(
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The flags that were given (not None), by field name."""
+    names = set(_field_names(cls))
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 

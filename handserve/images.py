@@ -50,7 +50,15 @@ _KNOWN_REFUSED: tuple[tuple[bytes, str], ...] = (
 #: Default cap on decoded pixels: a 40-megapixel photo passes, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000
 
-COLOR_MODES = {"grayscale": 1, "rgb": 3}
+
+def color_mode_for(channels: int) -> str:
+    """``"grayscale"`` for one channel, else ``"rgb"``: the one place the two are tied."""
+    return "grayscale" if channels == 1 else "rgb"
+
+
+def channels_for(color_mode: str) -> int:
+    """1 for ``"grayscale"``, else 3: :func:`color_mode_for` the other way round."""
+    return 1 if color_mode == "grayscale" else 3
 
 
 class ImageDecodeError(ValueError):
@@ -78,7 +86,7 @@ class ImageSpec:
 
     @property
     def color_mode(self) -> str:
-        return "grayscale" if self.channels == 1 else "rgb"
+        return color_mode_for(self.channels)
 
 
 def open_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -232,13 +240,3 @@ def decode_image(
             large.
     """
     return to_array(open_image(data, max_pixels=max_pixels), spec)
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Encode an H×W×C ``uint8`` array as PNG (used for sample images stored with exports)."""
-    arr = np.asarray(array, dtype=np.uint8)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()

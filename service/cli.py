@@ -10,15 +10,10 @@ Equivalent by hand::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from handserve import configs
@@ -82,58 +77,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def background_server(
-    models_dir: Path, log_path: Path, env_extra: dict[str, str] | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``bentoml serve`` on a free loopback port in its own process group, for tests and benchmarks.
-
-    Yields the base URL and the process as soon as it is started (callers poll ``/readyz``);
-    on exit the server gets SIGTERM (it stops its workers), and whatever of it is left, workers
-    included, SIGKILL after 15 s.
-    """
-    port = free_port()
-    env = dict(os.environ)
-    env.update(
-        {
-            "HANDSERVE_MODELS_DIR": str(Path(models_dir).resolve()),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        }
-    )
-    env.update(env_extra or {})
-    cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [*cmd, "--host", "127.0.0.1"],
-            cwd=REPO,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield f"http://127.0.0.1:{port}", proc
-        finally:
-            # The workers may sit in process groups of their own: note them before stopping.
-            import psutil
-
-            family: list[psutil.Process] = []
-            with contextlib.suppress(psutil.Error):
-                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            _, alive = psutil.wait_procs(family, timeout=15)
-            for leftover in alive:
-                with contextlib.suppress(psutil.Error):
-                    leftover.kill()
-            proc.wait(5)

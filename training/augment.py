@@ -21,12 +21,13 @@ def build_augmentation(cfg: TrainConfig) -> keras.Sequential | None:
 
     Layers with a zero factor are left out. Each layer is seeded from ``cfg.seed`` so a run is
     reproducible. Edges are filled with the nearest pixel: black for digits, the backdrop for
-    hands, never a reflected copy of a stroke. Horizontal flip only when ``cfg.flip_enabled``:
-    a mirrored hand can be another sign (or the other hand), a mirrored digit is not a digit.
+    hands, never a reflected copy of a stroke. Horizontal flip only when ``cfg.flip`` (off by
+    default): a mirrored hand can be another sign (or the other hand), a mirrored digit is not
+    a digit.
 
     Args:
         cfg: uses ``augment``, ``rotation``, ``zoom``, ``translate``, ``contrast``,
-            ``brightness``, ``flip_enabled`` and ``seed``.
+            ``brightness``, ``flip`` and ``seed``.
 
     Returns:
         A ``keras.Sequential`` taking float32 images 0-255, or None.
@@ -35,7 +36,7 @@ def build_augmentation(cfg: TrainConfig) -> keras.Sequential | None:
         return None
     seed = cfg.seed
     layers: list[keras.layers.Layer] = []
-    if cfg.flip_enabled:
+    if cfg.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
     if cfg.rotation > 0:
         layers.append(keras.layers.RandomRotation(cfg.rotation, fill_mode="nearest", seed=seed + 1))
@@ -70,5 +71,5 @@ def describe(cfg: TrainConfig) -> dict[str, float | bool]:
         "translate": cfg.translate,
         "contrast": cfg.contrast,
         "brightness": cfg.brightness,
-        "flip": cfg.flip_enabled,
+        "flip": cfg.flip,
     }

@@ -1,27 +1,39 @@
 """``TrainConfig``: every training knob, with the reason for its default.
 
-Loaded by :func:`handserve.configs.load` from a YAML/TOML file and overridden by ``handserve
-train`` flags (one flag per field). The resolved config is saved as ``config.json`` in the run
-folder and copied into every export's manifest.
+A pydantic dataclass: every value's type is checked when it is made, from a YAML/TOML file by
+:func:`handserve.configs.load` or from ``handserve train`` flags (one flag per field). The
+resolved config is saved as ``config.json`` in the run folder and copied into every export's
+manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import field
+from typing import Any, Literal
+
+from pydantic.dataclasses import dataclass
 
 from handserve.artifacts import validate_name
+from handserve.configs import STRICT
+
+#: Share of a folder dataset without ``test/`` held out as its test split, by default.
+FOLDER_TEST_FRACTION = 0.1
+#: Phase-2 epochs when ``fine_tune_epochs`` is not given and the backbone is pretrained.
+DEFAULT_FINE_TUNE_EPOCHS = 3
 
 Dataset = Literal["digits", "mnist", "sign_mnist", "folder"]
 Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
 Schedule = Literal["constant", "cosine", "step"]
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, shown: str | None = None) -> Any:
+    """A field with its ``--flag`` help; ``shown`` is the default the help states, when the
+    field's own default (``None``) means "decided from other fields"."""
+    metadata = {"help": help} if shown is None else {"help": help, "shown_default": shown}
+    return field(default=default, metadata=metadata)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=STRICT)
 class TrainConfig:
     """One training run. Defaults train the quickstart model (small CNN on embedded digits)."""
 
@@ -36,8 +48,13 @@ class TrainConfig:
     color_mode: Literal["rgb", "grayscale"] = _f("rgb", "colour mode for folder datasets")
     # 10% is enough to early-stop on without starving training of examples.
     val_fraction: float = _f(0.1, "fraction of the training data held out for validation")
-    # Folders without test/: this much is held out as a test split (0 = no test split).
-    test_fraction: float = _f(0.0, "fraction held out as test when a folder has no test/")
+    # Folders without test/: this much of train/ is held out as a test split that neither
+    # training nor checkpoint selection sees, so the report has an honest number (0: none).
+    test_fraction: float | None = _f(
+        None,
+        "fraction held out as test when a folder has no test/",
+        shown=f"{FOLDER_TEST_FRACTION}",
+    )
     # None: use everything. Small numbers make quick runs and tests.
     limit: int | None = _f(None, "use at most this many training images (quick runs)")
 
@@ -57,17 +74,28 @@ class TrainConfig:
     translate: float = _f(0.1, "max shift as a fraction of height/width")
     contrast: float = _f(0.1, "max contrast change fraction")
     brightness: float = _f(0.1, "max brightness change fraction")
-    # None: dataset default (off for digits and sign language: a mirrored hand is another sign).
-    flip: bool | None = _f(None, "random horizontal flip")
+    # Off for every dataset, folders included: a mirrored hand can be another sign (or the other
+    # hand), a mirrored digit is not a digit. configs/objects.yaml turns it on for objects.
+    flip: bool = _f(False, "random horizontal flip (on for photos of objects, off for hands)")
 
     # --- optimisation
     # 20 is a cap, not a target: early stopping ends most runs sooner. The embedded digits
     # (1,300 training images) need about 20 short epochs to settle.
     epochs: int = _f(20, "epochs of phase 1 (frozen backbone, new head)")
-    # Phase 2 (fine-tuning) runs only for pretrained backbones when > 0.
-    fine_tune_epochs: int = _f(0, "epochs of phase 2 (top layers unfrozen)")
-    # -1 unfreezes the whole backbone; BatchNorm stays in inference mode either way.
-    fine_tune_layers: int = _f(-1, "layers of the backbone to unfreeze in phase 2 (-1 = all)")
+    # Phase 2 (fine-tuning) runs only for pretrained backbones. None: DEFAULT_FINE_TUNE_EPOCHS
+    # with pretrained weights (what "fine-tunes a pretrained backbone" promises), none from
+    # scratch (a from-scratch net trains fully in phase 1). 3 short epochs fit a CPU.
+    fine_tune_epochs: int | None = _f(
+        None,
+        "epochs of phase 2, the top of a pretrained backbone unfrozen at a lower rate",
+        shown=f"{DEFAULT_FINE_TUNE_EPOCHS} with pretrained weights, 0 from scratch",
+    )
+    # The top 30 layers of MobileNetV2 (its last two blocks) adapt its features to new photos
+    # cheaply; unfreezing all of it is slow on a CPU and overfits a small folder. -1 = all.
+    # BatchNorm stays in inference mode either way.
+    fine_tune_layers: int = _f(
+        30, "layers at the top of the backbone unfrozen in phase 2 (-1: all)"
+    )
     # Fine-tuning at the phase-1 rate would wreck pretrained features.
     fine_tune_lr_factor: float = _f(0.1, "phase-2 learning rate = learning_rate × this")
     optimizer: Optimizer = _f("adam", "sgd, momentum, adam, rmsprop, adagrad or adadelta")
@@ -84,10 +112,9 @@ class TrainConfig:
     )
     # Stop when validation loss has not improved for this many epochs; best weights restored.
     early_stopping: int = _f(5, "early-stopping patience in epochs (0 = off)")
-    # A fresh network's BatchNorm moving statistics lag for the first few hundred steps, so its
-    # validation loss looks worse than it is; without a warm-up, early stopping on a small
-    # dataset stopped at epoch 6 and restored the epoch-1 model (10% accuracy on digits).
-    # (and never before 500 training steps: see training.train.early_stopping_start).
+    # A fresh network's validation loss is noisy for its first epochs (its BatchNorm moving
+    # statistics settle within about 50 steps at momentum 0.9, see training.model); stopping
+    # is allowed from this epoch of phase 1 on.
     early_stopping_start: int = _f(5, "epochs before early stopping may end phase 1")
     checkpoint: bool = _f(True, "save the best model (by validation loss) during training")
     mixed_precision: bool = _f(False, "mixed float16 (GPU only; ignored on CPU with a warning)")
@@ -103,12 +130,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-            (0.0 <= self.test_fraction < 1.0, "test_fraction must be in [0, 1)"),
-            (self.val_fraction + self.test_fraction < 1.0, "val + test fractions must be < 1"),
+            (0.0 <= self.folder_test_fraction < 1.0, "test_fraction must be in [0, 1)"),
+            (
+                self.val_fraction + self.folder_test_fraction < 1.0,
+                "val + test fractions must be < 1",
+            ),
             (self.image_size >= 8, "image_size must be at least 8"),
             (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
             (self.epochs >= 1, "epochs must be at least 1"),
-            (self.fine_tune_epochs >= 0, "fine_tune_epochs must be >= 0"),
+            (
+                self.fine_tune_epochs is None or self.fine_tune_epochs >= 0,
+                "fine_tune_epochs must be >= 0",
+            ),
             (self.learning_rate > 0, "learning_rate must be positive"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
@@ -127,8 +160,6 @@ class TrainConfig:
                 raise ValueError(f"export_name (--export-name): {exc}") from None
 
     @property
-    def flip_enabled(self) -> bool:
-        """Flip defaults on only for folders: digits and hand signs change meaning mirrored."""
-        if self.flip is not None:
-            return self.flip
-        return self.dataset == "folder"
+    def folder_test_fraction(self) -> float:
+        """``test_fraction`` as given, else :data:`FOLDER_TEST_FRACTION`."""
+        return FOLDER_TEST_FRACTION if self.test_fraction is None else self.test_fraction

@@ -4,23 +4,23 @@
 scores a trained model (a run folder, a ``model.keras`` or a ``models/NAME/VERSION`` folder) on
 a dataset's test split (val when there is none). The same functions write ``metrics.json`` and
 the PNGs of a run's report, so a run and a later evaluation compute the numbers the same way.
-Metrics are computed with NumPy from the predicted probabilities: no second framework to agree
-with.
+Loss and accuracy are computed with NumPy from the predicted probabilities (as Keras does);
+the per-class figures and the confusion matrix by scikit-learn. ``handserve evaluate``'s flags
+are in :mod:`training.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
-from handserve import configs
+from handserve import artifacts
 from handserve.configs import ConfigError
+from handserve.images import channels_for
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -54,21 +54,19 @@ def loss_and_accuracy(probs: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """``cm[i, j]``: images of true class i predicted as j."""
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
-    return cm
+    """``cm[i, j]``: images of true class i predicted as j (every class, present or not)."""
+    return np.asarray(
+        skm.confusion_matrix(y_true, y_pred, labels=np.arange(num_classes)), dtype=np.int64
+    )
 
 
-def per_class(cm: np.ndarray, class_names: list[str]) -> list[dict[str, Any]]:
-    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
-    tp = np.diag(cm).astype("float64")
-    predicted = cm.sum(axis=0).astype("float64")
-    support = cm.sum(axis=1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+def per_class(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
+) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class (0 where undefined), by scikit-learn."""
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(len(class_names)), zero_division=0
+    )
     return [
         {
             "label": name,
@@ -89,6 +87,8 @@ def compute_metrics(model: Any, dataset: Any, batch_size: int = 256) -> dict[str
     """The ``metrics.json`` content for ``model`` on ``dataset`` (plus ``confusion_matrix``).
 
     Per-class figures and the confusion matrix use the test split when there is one, else val.
+    ``splits`` says which split chose the checkpoint (val: early stopping and the checkpoint
+    watch its loss) and which one is held out from both training and that choice (test).
     The caller pops ``confusion_matrix`` (a list of lists) before writing JSON if unwanted.
     """
     val_probs = predict_proba(model, dataset.val.x, batch_size)
@@ -96,16 +96,35 @@ def compute_metrics(model: Any, dataset: Any, batch_size: int = 256) -> dict[str
     if dataset.test is not None and len(dataset.test.y):
         test_probs = predict_proba(model, dataset.test.x, batch_size)
         result["test"] = _finite(loss_and_accuracy(test_probs, dataset.test.y))
-        split, y, probs = "test", dataset.test.y, test_probs
+        result.update(class_report(dataset.test.y, test_probs, dataset.class_names, "test"))
     else:
         result["test"] = None
-        split, y, probs = "val", dataset.val.y, val_probs
-    cm = confusion_matrix(y, probs.argmax(axis=1), len(dataset.class_names))
-    classes = per_class(cm, list(dataset.class_names))
-    result["per_class"] = {"split": split, "classes": classes}
-    result["macro_f1"] = round(float(np.mean([c["f1"] for c in classes])), 6)
-    result["confusion_matrix"] = cm.tolist()
+        result.update(class_report(dataset.val.y, val_probs, dataset.class_names, "val"))
+    held_out = dataset.test is not None and len(dataset.test.y) > 0
+    result["splits"] = {
+        "checkpoint_chosen_on": "val",
+        "held_out": "test" if held_out else None,
+        "test_origin": dataset.test_origin if held_out else "none: the val figures chose the model",
+    }
     return result
+
+
+def class_report(
+    y: np.ndarray, probs: np.ndarray, class_names: list[str], split: str
+) -> dict[str, Any]:
+    """``per_class`` (named ``split``), ``macro_f1`` and ``confusion_matrix`` of ``probs``.
+
+    The macro F1 averages the classes the images hold, so a test set with only some of the
+    model's classes is not scored down for the ones it lacks.
+    """
+    predicted = probs.argmax(axis=1)
+    classes = per_class(y, predicted, list(class_names))
+    present = [c["f1"] for c in classes if c["support"] > 0]
+    return {
+        "per_class": {"split": split, "classes": classes},
+        "macro_f1": round(float(np.mean(present)), 6) if present else None,
+        "confusion_matrix": confusion_matrix(y, predicted, len(class_names)).tolist(),
+    }
 
 
 # --------------------------------------------------------------------------- plots
@@ -173,19 +192,7 @@ def plot_learning_curves(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- CLI
-
-#: TrainConfig fields that describe the data, offered as ``handserve evaluate`` flags.
-DATA_FIELDS = (
-    "data_dir",
-    "image_size",
-    "color_mode",
-    "val_fraction",
-    "test_fraction",
-    "limit",
-    "seed",
-    "batch_size",
-)
+# --------------------------------------------------------------------------- evaluate
 
 
 def find_model_file(target: Path) -> Path:
@@ -197,57 +204,76 @@ def find_model_file(target: Path) -> Path:
     raise ConfigError(f"{target}: not a model.keras file or a folder holding model.keras")
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """``handserve evaluate MODEL_OR_RUN --dataset X [data flags] [--output FILE]``."""
-    parser.add_argument("model", type=Path, metavar="MODEL_OR_RUN")
-    parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
-    configs.add_arguments(
-        parser,
-        TrainConfig,
-        skip=tuple(
-            f for f in TrainConfig.__dataclass_fields__ if f not in ("dataset", *DATA_FIELDS)
-        ),
-    )
-
-
 def evaluate(target: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Score the model at ``target`` on ``cfg``'s dataset; the report as a dict.
 
+    A folder dataset is scored whole: every image of its ``test/`` folder if it has one, else
+    of its class folders, which may be any subset of the model's classes (named as in the
+    model's ``labels.txt``). Other datasets are scored on their test split (val if none).
+
     Raises:
         ConfigError: no model there, or its input shape / class count does not match the data.
+        DataError: the data is missing or malformed, or names a class the model lacks.
     """
     import keras
 
-    from training import data
-
     model_file = find_model_file(target)
     model = keras.saving.load_model(model_file, compile=False)
-    dataset = data.load_dataset(cfg)
     want = tuple(int(v) for v in model.input_shape[1:])
-    have = tuple(int(v) for v in dataset.input_shape)
-    if want != have:
+    labels_file = model_file.parent / "labels.txt"
+    labels = artifacts.read_labels(labels_file) if labels_file.is_file() else None
+    if cfg.dataset == "folder":
+        name, source, metrics = _score_folder(model, model_file, cfg, labels)
+    else:
+        from training.data import load_dataset
+
+        dataset = load_dataset(cfg)
+        name, source, have = dataset.name, str(dataset.source), dataset.input_shape
+        n_out = int(model.output_shape[-1])
+        if n_out != dataset.num_classes:
+            raise ConfigError(
+                f"{model_file}: model has {n_out} classes, dataset {dataset.name} has "
+                f"{dataset.num_classes}"
+            )
+        if labels is not None and labels != dataset.class_names:
+            log.warning("%s: class names differ from dataset %s", labels_file, dataset.name)
+        _check_shape(model_file, want, have, name)
+        metrics = compute_metrics(model, dataset, batch_size=max(cfg.batch_size, 128))
+    return {"model": str(model_file), "dataset": name, "source": source, **metrics}
+
+
+def _check_shape(model_file: Path, want: tuple[int, ...], have: tuple[int, ...], name: str) -> None:
+    if want != tuple(have):
         raise ConfigError(
-            f"{model_file}: model takes images {want}, dataset {dataset.name} has {have} "
+            f"{model_file}: model takes images {want}, dataset {name} has {tuple(have)} "
             "(--image-size / --color-mode for folders)"
         )
+
+
+def _score_folder(
+    model: Any, model_file: Path, cfg: TrainConfig, labels: list[str] | None
+) -> tuple[str, str, dict[str, Any]]:
+    """Metrics on every image of a folder (or its ``test/``), named by the model's labels."""
+    from training.data.base import DataError
+    from training.data.folder import load_scoring_split
+
+    if cfg.data_dir is None:
+        raise DataError("the folder dataset needs --data-dir ROOT with one folder per class")
+    name = Path(cfg.data_dir).resolve().name
+    shape = (cfg.image_size, cfg.image_size, channels_for(cfg.color_mode))
+    _check_shape(model_file, tuple(int(v) for v in model.input_shape[1:]), shape, name)
+    split, where, found = load_scoring_split(cfg.data_dir, cfg.image_size, cfg.color_mode, labels)
+    class_names = labels if labels is not None else found
     n_out = int(model.output_shape[-1])
-    if n_out != dataset.num_classes:
+    if len(class_names) != n_out:
         raise ConfigError(
-            f"{model_file}: model has {n_out} classes, dataset {dataset.name} has "
-            f"{dataset.num_classes}"
+            f"{model_file}: model has {n_out} classes, {where} has {len(found)} and there is "
+            "no labels.txt beside the model to match them by name"
         )
-    labels_file = model_file.parent / "labels.txt"
-    if labels_file.is_file():
-        labels = labels_file.read_text().splitlines()
-        if labels != list(dataset.class_names):
-            log.warning("%s: class names differ from dataset %s", labels_file, dataset.name)
-    metrics = compute_metrics(model, dataset, batch_size=max(cfg.batch_size, 128))
-    return {
-        "model": str(model_file),
-        "dataset": dataset.name,
-        "source": str(dataset.source),
-        **metrics,
-    }
+    probs = predict_proba(model, split.x, max(cfg.batch_size, 128))
+    metrics: dict[str, Any] = {"val": None, "test": _finite(loss_and_accuracy(probs, split.y))}
+    metrics.update(class_report(split.y, probs, class_names, where))
+    return name, where, metrics
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -266,42 +292,3 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"{name}: loss {r['loss']:.4f} accuracy {r['accuracy']:.4f}")
     lines.append(f"macro F1 {report['macro_f1']:.4f}")
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``handserve evaluate``."""
-    from training.data import DataError
-
-    try:
-        target = args.model
-        overrides = configs.overrides_from_args(args, TrainConfig)
-        model_file = find_model_file(target)
-        # Folder datasets have no native size: default to the one the model was trained on.
-        _defaults_from_model(model_file, overrides)
-        cfg = configs.load(TrainConfig, None, overrides)
-        report = evaluate(model_file, cfg)
-    except (DataError, ConfigError) as exc:
-        _say(f"error: {exc}", err=True)
-        return 2
-    report.pop("confusion_matrix", None)
-    _say(format_table(report))
-    if args.output:
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
-        _say(f"report: {args.output}")
-    return 0
-
-
-def _defaults_from_model(model_file: Path, overrides: dict[str, Any]) -> None:
-    """Fill image_size/color_mode from the run's saved dataset.json when flags did not."""
-    for info in (model_file.parent / "dataset.json", model_file.parent / "report" / "dataset.json"):
-        if info.is_file():
-            shape = json.loads(info.read_text()).get("input_shape")
-            if shape:
-                overrides.setdefault("image_size", int(shape[0]))
-                overrides.setdefault("color_mode", "grayscale" if shape[-1] == 1 else "rgb")
-            return
-
-
-def _say(text: str, *, err: bool = False) -> None:
-    """CLI output: results on stdout (scripts read them), errors on stderr."""
-    print(text, file=sys.stderr if err else sys.stdout)

@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 BACKBONE_LAYER = "backbone"
 #: Smallest size the keras.applications backbones accept.
 MIN_BACKBONE_SIZE = 32
+#: BatchNorm momentum of every network trained from scratch. Keras' 0.99 (keras.applications:
+#: 0.999) lets the moving statistics lag a fresh network by hundreds of steps, so on a small
+#: dataset validation stayed at chance while training accuracy rose (10% for 10 epochs of the
+#: default digits run). At 0.9 less than 1% of the initial statistics is left after 44 steps.
+BN_MOMENTUM = 0.9
 # ImageNet channel means in BGR order, as keras.applications' "caffe" preprocessing uses.
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -223,6 +228,13 @@ def _build_pretrained(spec: BackboneSpec, size: int, weights: str) -> keras.Mode
     return backbone
 
 
+def _settle_batchnorm_quickly(net: keras.Model) -> None:
+    """Set :data:`BN_MOMENTUM` on every BatchNorm layer of a network trained from scratch."""
+    for layer in net._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+
+
 def _baseline(name: str, input_shape: tuple[int, int, int]) -> keras.Model:
     """The DLI course's from-scratch models, as a nested model named like the backbones."""
     inputs = keras.Input(shape=input_shape)
@@ -233,14 +245,14 @@ def _baseline(name: str, input_shape: tuple[int, int, int]) -> keras.Model:
         x = keras.layers.Dense(512, activation="relu")(x)
     else:
         x = keras.layers.Conv2D(75, 3, padding="same", activation="relu")(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = keras.layers.MaxPool2D(2, strides=2, padding="same")(x)
         x = keras.layers.Conv2D(50, 3, padding="same", activation="relu")(x)
         x = keras.layers.Dropout(0.2)(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = keras.layers.MaxPool2D(2, strides=2, padding="same")(x)
         x = keras.layers.Conv2D(25, 3, padding="same", activation="relu")(x)
-        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = keras.layers.MaxPool2D(2, strides=2, padding="same")(x)
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(512, activation="relu")(x)
@@ -248,6 +260,7 @@ def _baseline(name: str, input_shape: tuple[int, int, int]) -> keras.Model:
     return keras.Model(inputs, x, name=BACKBONE_LAYER)
 
 
+# Over 60 lines by its docstring only; the adapter reads best as one sequence of layers.
 def build_model(
     cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes: int
 ) -> keras.Model:
@@ -293,6 +306,8 @@ def build_model(
         # initialised BatchNorm (mean 0, variance 1) lets no signal through a deep network: a
         # random MobileNetV2 stayed at exactly log(num_classes) loss (measured, docs/training.md).
         backbone.trainable = from_scratch
+        if from_scratch:
+            _settle_batchnorm_quickly(backbone)
         x = inputs
         if (h, w) != (size, size):
             x = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
@@ -351,12 +366,3 @@ def unfreeze(model: keras.Model, n_layers: int) -> keras.Model:
     trainable = sum(1 for layer in layers if layer.trainable and layer.weights)
     log.info("unfroze %s: %d backbone layers with weights trainable", backbone.name, trainable)
     return model
-
-
-def has_augmentation(model: keras.Model) -> list[str]:
-    """Names of any random (augmentation) layers in ``model``, searched recursively."""
-    found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if type(layer).__name__.startswith("Random"):
-            found.append(layer.name)
-    return found

@@ -11,10 +11,8 @@ publishes a version, so a version that exists has passed it once.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -176,28 +174,42 @@ def check_parity(
             setattr(keras_row, f"images_per_s_{batch}", ips)
     results = [keras_row]
     for name, entry in formats.items():
-        path = version_dir / entry.path
         runner = (runners or {}).get(name) or open_format(
             version_dir, entry, num_threads=num_threads
         )
-        probs = runner.predict(x)
-        row = FormatResult(
-            name=name,
-            path=entry.path,
-            precision=entry.precision,
-            agreement=float(np.mean(probs.argmax(1) == ref_top)),
-            max_abs_diff=float(np.max(np.abs(probs - ref))),
-            accuracy=float(np.mean(probs.argmax(1) == y)),
-            size=_size(path),
-        )
-        discordant = int(np.sum((probs.argmax(1) == y) != (ref_top == y)))
-        row.failures = _bound_failures(row, ref_acc, discordant, len(x))
-        if speed_seconds:
-            row.images_per_s_1 = images_per_second(runner.predict, x, 1, speed_seconds)
-            row.images_per_s_32 = images_per_second(runner.predict, x, 32, speed_seconds)
-        log.info("%s: agreement %.4f, max diff %.2g", name, row.agreement, row.max_abs_diff)
-        results.append(row)
+        results.append(_format_row(version_dir, name, entry, runner, x, y, ref, speed_seconds))
     return ParityReport(results, data, len(x))
+
+
+def _format_row(
+    version_dir: Path,
+    name: str,
+    entry: FormatEntry,
+    runner: Runner,
+    x: np.ndarray,
+    y: np.ndarray,
+    ref: np.ndarray,
+    speed_seconds: float,
+) -> FormatResult:
+    """One format's row: its answers on ``x`` against Keras' ``ref`` and the labels ``y``."""
+    ref_top = ref.argmax(1)
+    probs = runner.predict(x)
+    row = FormatResult(
+        name=name,
+        path=entry.path,
+        precision=entry.precision,
+        agreement=float(np.mean(probs.argmax(1) == ref_top)),
+        max_abs_diff=float(np.max(np.abs(probs - ref))),
+        accuracy=float(np.mean(probs.argmax(1) == y)),
+        size=_size(version_dir / entry.path),
+    )
+    discordant = int(np.sum((probs.argmax(1) == y) != (ref_top == y)))
+    row.failures = _bound_failures(row, float(np.mean(ref_top == y)), discordant, len(x))
+    if speed_seconds:
+        row.images_per_s_1 = images_per_second(runner.predict, x, 1, speed_seconds)
+        row.images_per_s_32 = images_per_second(runner.predict, x, 32, speed_seconds)
+    log.info("%s: agreement %.4f, max diff %.2g", name, row.agreement, row.max_abs_diff)
+    return row
 
 
 def allowed_accuracy_drop(bound: Bound, discordant: int, n: int) -> float | None:
@@ -325,6 +337,7 @@ def load_test_split(
 
 
 def load_samples(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled sample images a run saved and its versions carry (``samples.npz``)."""
     path = Path(version_dir) / "samples.npz"
     with np.load(path) as data:
         return data["x"], data["y"]
@@ -376,45 +389,3 @@ def verify_version(
         speed_seconds=speed_seconds,
         runners=runners,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("version_dir", type=Path, help="models/NAME/VERSION")
-    parser.add_argument(
-        "--data-dir", help="check on the full test split of the dataset in this folder"
-    )
-    parser.add_argument("--dataset", help="dataset name (default: the one the model trained on)")
-    parser.add_argument("--num-threads", type=int, default=None, help="LiteRT threads")
-    parser.add_argument(
-        "--speed-seconds",
-        type=float,
-        default=1.0,
-        help="seconds per format and batch size spent measuring images/s (0: skip)",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        report = verify_version(
-            args.version_dir,
-            data_dir=args.data_dir,
-            dataset=args.dataset,
-            num_threads=args.num_threads,
-            speed_seconds=args.speed_seconds,
-            limit=args.limit,
-        )
-    except (ArtifactError, ValueError) as exc:  # ValueError: DataError, ConfigError, no test split
-        sys.stderr.write(f"verify failed: {exc}\n")
-        return 1
-    sys.stdout.write(format_table(report) + "\n")
-    if report.failures:
-        sys.stderr.write("parity bounds failed:\n")
-        sys.stderr.write("".join(f"  {f}\n" for f in report.failures))
-        return 1
-    sys.stdout.write(f"{args.version_dir}: checksums ok, input contract ok, parity ok\n")
-    return 0

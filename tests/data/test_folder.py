@@ -9,7 +9,8 @@ import pytest
 
 from handserve.images import ImageSpec, decode_image
 from tests.data.conftest import write_image
-from training.data import DataError, load_folder
+from training.config import TrainConfig
+from training.data import DataError, load_dataset, load_folder
 
 
 @pytest.mark.parametrize(("color_mode", "channels"), [("rgb", 3), ("grayscale", 1)])
@@ -124,3 +125,18 @@ def test_ignores_other_files_and_hidden_folders(make_folder) -> None:
     (root / ".cache").mkdir()
     ds = load_folder(root, 8, "rgb", val_fraction=0.0)
     assert ds.class_names == ["a", "b"] and len(ds.train) == 4
+
+
+def test_a_folder_without_test_gets_a_held_out_test_split_by_default(make_folder) -> None:
+    """The report must have a number the checkpoint was not chosen on (issue 10)."""
+    root = make_folder(per_class=10)
+    ds = load_dataset(TrainConfig(dataset="folder", data_dir=str(root), image_size=8))
+    assert ds.test is not None and len(ds.test) == 3
+    assert set(np.unique(ds.test.y)) == {0, 1, 2}
+    assert ds.test_origin == "10% of pets/, held out"
+    split = make_folder(splits={"train": 4, "valid": 1, "test": 1}, name="split")
+    cfg = TrainConfig(dataset="folder", data_dir=str(split), image_size=8)
+    assert load_dataset(cfg).test_origin == "test/ folder"
+    none = TrainConfig(dataset="folder", data_dir=str(root), image_size=8, test_fraction=0.0)
+    assert load_dataset(none).test is None
+

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from handserve import artifacts, cli
+import handserve_cli as cli
+from handserve import artifacts
 from handserve.runtimes import LiteRTRuntime, SavedModelRuntime
 from tests.export.handmade import make_run
 from training import export, verify

@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from handserve import cli, registry
+import handserve_cli as cli
+from handserve_cli import models as registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,8 +61,8 @@ def test_empty_models_folder(tmp_path, capsys) -> None:
 def test_registry_and_artifacts_import_no_tensorflow(tiny_export: Path) -> None:
     code = (
         "import sys\n"
-        "import handserve.registry, handserve.artifacts\n"
-        "from handserve import cli\n"
+        "import handserve.artifacts\n"
+        "import handserve_cli as cli\n"
         f"assert cli.main(['models', '--models-dir', {str(tiny_export.parents[1])!r}]) == 0\n"
         f"handserve.artifacts.load_verified(__import__('pathlib').Path({str(tiny_export)!r}))\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]\n"

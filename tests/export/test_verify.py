@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from handserve import artifacts, cli
+import handserve_cli as cli
+from handserve import artifacts
 from training import verify
 
 pytestmark = pytest.mark.slow

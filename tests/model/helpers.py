@@ -48,3 +48,12 @@ def fake_pretrained_weights(backbone: str, size: int, path: Path) -> Path:
         )
         net.save_weights(path)
     return path
+
+
+def has_augmentation(model: Any) -> list[str]:
+    """Names of any random (augmentation) layers in ``model``, searched recursively."""
+    return [
+        layer.name
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if type(layer).__name__.startswith("Random")
+    ]

@@ -53,7 +53,8 @@ def test_flip_only_when_enabled_and_none_when_off() -> None:
         return [type(layer).__name__ for layer in aug.layers] if aug else []
 
     assert "RandomFlip" not in names(tiny_cfg(dataset="sign_mnist"))
-    assert "RandomFlip" in names(tiny_cfg(dataset="folder"))
+    assert "RandomFlip" not in names(tiny_cfg(dataset="folder"))  # hands: off unless asked
+    assert "RandomFlip" in names(tiny_cfg(dataset="folder", flip=True))
     assert build_augmentation(tiny_cfg(augment=False)) is None
     aug = build_augmentation(tiny_cfg())
     assert aug is not None

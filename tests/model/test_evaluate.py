@@ -16,7 +16,7 @@ def test_confusion_and_per_class() -> None:
     y_pred = np.array([0, 1, 1, 1, 0])
     cm = evaluate.confusion_matrix(y_true, y_pred, 3)
     np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 0]])
-    rows = evaluate.per_class(cm, ["a", "b", "c"])
+    rows = evaluate.per_class(y_true, y_pred, ["a", "b", "c"])
     assert rows[0] == {"label": "a", "precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
     assert rows[1]["precision"] == pytest.approx(2 / 3) and rows[1]["recall"] == 1.0
     assert rows[2] == {"label": "c", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}

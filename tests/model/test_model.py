@@ -13,7 +13,7 @@ import pytest
 from training import model as model_mod
 from training.model import ModelError, build_model, unfreeze
 
-from .helpers import fake_pretrained_weights, images, tiny_cfg
+from .helpers import fake_pretrained_weights, has_augmentation, images, tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_saved_model_has_no_augmentation_and_predicts_deterministically(tmp_path
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert model_mod.has_augmentation(loaded) == []
+    assert has_augmentation(loaded) == []
     x = images(4, (28, 28, 1), seed=1)
     first = loaded.predict(x, verbose=0)
     np.testing.assert_array_equal(first, loaded.predict(x, verbose=0))
@@ -158,7 +158,7 @@ def test_has_augmentation_detects_random_layers() -> None:
     """The check above can fail: it finds a random layer nested in a model."""
     inner = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.RandomFlip()])
     outer = keras.Sequential([keras.Input((8, 8, 1)), inner, keras.layers.Flatten()])
-    assert model_mod.has_augmentation(outer)
+    assert has_augmentation(outer)
 
 
 def test_unfreeze_keeps_batchnorm_frozen(pretrained_cfg) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from handserve.cli import main
-from training import data, train
+from handserve_cli import main
+from training import data, fitting, train
 from training import model as model_mod
 from training.evaluate import loss_and_accuracy
 
-from .helpers import fake_pretrained_weights, tiny_cfg
+from .helpers import fake_pretrained_weights, has_augmentation, tiny_cfg
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def test_tiny_run_has_every_contract_file(tiny_run: Path) -> None:
 
 def test_saved_run_model_matches_metrics(tiny_run: Path) -> None:
     model = keras.saving.load_model(tiny_run / "model.keras")
-    assert model_mod.has_augmentation(model) == []
+    assert has_augmentation(model) == []
     samples = np.load(tiny_run / "samples.npz")
     x = samples["x"].astype("float32")
     np.testing.assert_array_equal(model.predict(x, verbose=0), model.predict(x, verbose=0))
@@ -186,16 +187,16 @@ def test_list_backbones(capsys) -> None:
 
 
 def test_mixed_precision_is_ignored_on_cpu(caplog) -> None:
-    if train.tf.config.list_physical_devices("GPU"):
+    if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible")
     with caplog.at_level(logging.WARNING):
-        train._strategy_and_precision(tiny_cfg(mixed_precision=True))
+        fitting.strategy_and_precision(tiny_cfg(mixed_precision=True))
     assert keras.mixed_precision.global_policy().name == "float32"
     assert "mixed_precision ignored" in caplog.text
 
 
 def test_class_weights_balanced() -> None:
-    weights = train.class_weights(np.array([0, 0, 0, 1]), 3)
+    weights = fitting.class_weights(np.array([0, 0, 0, 1]), 3)
     assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
 
 

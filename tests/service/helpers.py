@@ -18,8 +18,8 @@ import requests
 from PIL import Image
 
 from handserve import artifacts
-from service.cli import background_server
 from service.config import ServiceConfig
+from tests.fixtures_server import background_server
 
 REPO = Path(__file__).resolve().parents[2]
 

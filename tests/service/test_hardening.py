@@ -24,8 +24,8 @@ import pytest
 import requests
 from PIL import Image
 
-from service.cli import free_port
 from service.config import ServiceConfig
+from tests.fixtures_server import free_port
 from tests.service.conftest import BODY_TIMEOUT_S
 from tests.service.helpers import REPO, copy_version, corrupt, digit_png, inprocess_client
 
@@ -211,7 +211,7 @@ def _handserve_serve(models: Path, port: int, log: Path) -> subprocess.Popen[byt
         "BENTOML_DO_NOT_TRACK": "true",
     }
     env.pop("BENTOML_HOME", None)  # both servers would share the default home
-    cmd = [sys.executable, "-c", "import sys; from handserve.cli import main; sys.exit(main())"]
+    cmd = [sys.executable, "-c", "import sys; from handserve_cli import main; sys.exit(main())"]
     cmd += ["serve", "--host", "127.0.0.1", "--port", str(port), "--models-dir", str(models)]
     with log.open("wb") as out:
         return subprocess.Popen(

@@ -1,19 +1,27 @@
-"""The ``handserve`` entry point: subcommand dispatch, global flags, exit codes."""
+"""The ``handserve`` entry point: subcommand dispatch, global flags, exit codes, quick help."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from handserve import cli
+import handserve_cli as cli
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return _python("-m", "handserve_cli", *args)
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter in the repository, so ``sys.modules`` shows what a command imports."""
     return subprocess.run(
-        [sys.executable, "-m", "handserve.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, cwd=REPO
     )
 
 
@@ -39,9 +47,62 @@ def test_train_reports_a_bad_flag_value_in_one_line(tmp_path: Path) -> None:
 
 def test_models_command_does_not_import_tensorflow(tmp_path: Path) -> None:
     code = (
-        "import sys; from handserve import cli;"
+        "import sys; import handserve_cli as cli;"
         f"rc = cli.main(['models', '--models-dir', {str(tmp_path)!r}]);"
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported';"
         "sys.exit(rc)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    proc = _python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        ([], "COMMAND"),
+        (["train"], "--fine-tune-layers"),
+        (["evaluate"], "--data-dir"),
+        (["export"], "--formats"),
+        (["verify"], "--speed-seconds"),
+        (["serve"], "--port"),
+    ],
+)
+def test_help_prints_without_importing_tensorflow(argv: list[str], shown: str) -> None:
+    """``--help`` must not wait for TensorFlow (issue 10: it took 15 s to print help)."""
+    code = (
+        "import sys, handserve_cli\n"
+        "try:\n"
+        f"    handserve_cli.main({[*argv, '--help']!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not heavy, heavy[:5]\n"
+    )
+    proc = _python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert shown in proc.stdout
+
+
+def test_handserve_package_imports_neither_half() -> None:
+    """``handserve/`` is the shared base: importing all of it loads no training or service code."""
+    code = (
+        "import pkgutil, importlib, sys, handserve\n"
+        "for m in pkgutil.iter_modules(handserve.__path__):\n"
+        "    importlib.import_module(f'handserve.{m.name}')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'service'))\n"
+        "assert not bad, bad\n"
+    )
+    proc = _python("-c", code)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_native_log_lines_are_dropped_and_the_rest_kept(capfd) -> None:
+    from handserve_cli.native_logs import drop_native_log_lines
+
+    with drop_native_log_lines():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are x\n")
+        os.write(2, b"I0000 00:00:1795325078.454848   24590 port.cc:153] oneDNN custom ops\n")
+        os.write(2, b"E0000 00:00:1795324968.3   23048 cuda_platform.cc:52] failed cuInit\n")
+        os.write(2, b"error: kept\n")
+    err = capfd.readouterr().err
+    assert err == "error: kept\n"

@@ -92,17 +92,33 @@ def test_invalid_value_is_rejected(flags: list[str], message: str) -> None:
         _load(flags)
 
 
-@pytest.mark.parametrize("name", ["mnist.yaml", "sign_mnist.yaml", "folder.yaml"])
+@pytest.mark.parametrize("name", ["mnist.yaml", "sign_mnist.yaml", "folder.yaml", "objects.yaml"])
 def test_example_configs_load(name: str) -> None:
     cfg = _load(["--config", str(REPO / "configs" / name)])
     assert isinstance(cfg, TrainConfig)
 
 
-def test_flip_defaults_off_except_for_folders() -> None:
-    assert not TrainConfig(dataset="sign_mnist").flip_enabled
-    assert not TrainConfig(dataset="digits").flip_enabled
-    assert TrainConfig(dataset="folder").flip_enabled
-    assert TrainConfig(dataset="sign_mnist", flip=True).flip_enabled
+def test_flip_is_off_by_default_even_for_folders() -> None:
+    """A mirrored hand can be another sign: folders (hand photos) must not flip unasked."""
+    for dataset in ("digits", "mnist", "sign_mnist", "folder"):
+        assert TrainConfig(dataset=dataset).flip is False  # type: ignore[arg-type]
+    assert _load(["--dataset", "folder"]).flip is False
+    assert _load(["--dataset", "folder", "--flip"]).flip is True
+    assert _load(["--config", str(REPO / "configs" / "folder.yaml")]).flip is False
+    assert _load(["--config", str(REPO / "configs" / "objects.yaml")]).flip is True
+
+
+def _help(flag: str) -> str:
+    parser = argparse.ArgumentParser()
+    configs.add_arguments(parser, TrainConfig)
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    return str(action.help)
+
+
+def test_help_states_the_real_defaults() -> None:
+    assert "(default: False)" in _help("--flip")
+    assert "(default: 30)" in _help("--fine-tune-layers") and "top" in _help("--fine-tune-layers")
+    assert "3 with pretrained weights, 0 from scratch" in _help("--fine-tune-epochs")
 
 
 def test_bad_export_name_fails_before_training() -> None:
@@ -110,9 +126,12 @@ def test_bad_export_name_fails_before_training() -> None:
         TrainConfig(export_name="My Model")
 
 
-def test_early_stopping_waits_for_batchnorm_statistics() -> None:
-    from training.train import BN_SETTLE_STEPS, early_stopping_start
+def test_pretrained_weights_imply_fine_tuning_and_scratch_does_not() -> None:
+    from training.fitting import fine_tune_epochs
 
-    cfg = TrainConfig(early_stopping_start=5)
-    assert early_stopping_start(cfg, steps_per_epoch=41) * 41 >= BN_SETTLE_STEPS  # small data
-    assert early_stopping_start(cfg, steps_per_epoch=422) == 5  # MNIST-sized: the configured 5
+    pretrained = TrainConfig(backbone="mobilenet_v2", weights="imagenet")
+    assert fine_tune_epochs(pretrained) == 3
+    assert fine_tune_epochs(TrainConfig(backbone="mobilenet_v2", weights="none")) == 0
+    assert fine_tune_epochs(TrainConfig(backbone="cnn")) == 0
+    assert fine_tune_epochs(TrainConfig(backbone="mobilenet_v2", fine_tune_epochs=0)) == 0
+    assert fine_tune_epochs(TrainConfig(backbone="cnn", fine_tune_epochs=4)) == 0

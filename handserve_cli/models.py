@@ -1,4 +1,4 @@
-"""List the models in a models folder: names, versions (latest marked), sizes, test accuracy.
+"""``handserve models``: the models in a models folder, their versions, sizes and accuracy.
 
     handserve models [--models-dir models] [--json]
 

@@ -1,0 +1,169 @@
+"""LiteRT (``.tflite``) files from a SavedModel: conversion, operator check, embedded metadata.
+
+:mod:`training.export` converts each precision of :data:`TFLITE_FORMATS`, refuses any file that
+needs operators a phone's LiteRT runtime lacks, and appends the labels and input contract to it.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from handserve.artifacts import FormatEntry
+
+#: Files of the zip archive appended to every ``.tflite`` (see docs/mobile.md).
+EMBEDDED_LABELS = "labels.txt"
+EMBEDDED_METADATA = "metadata.json"
+
+
+class ExportError(Exception):
+    """A run folder that cannot be exported, or a conversion that failed a check."""
+
+
+@dataclass(frozen=True)
+class TFLiteSpec:
+    """One LiteRT file an export writes: its manifest key, file name and precision."""
+
+    key: str
+    filename: str
+    precision: str  # "float32", "float16" or "int8"
+
+
+#: The LiteRT files, in the order they are converted. The manifest's ``formats`` uses these keys.
+TFLITE_FORMATS = (
+    TFLiteSpec("tflite_fp32", "model.tflite", "float32"),
+    TFLiteSpec("tflite_fp16", "model_fp16.tflite", "float16"),
+    TFLiteSpec("tflite_int8", "model_int8.tflite", "int8"),
+)
+
+
+def convert_tflite(
+    saved_model: Path, precision: str, calibration: np.ndarray | None = None
+) -> tuple[bytes, FormatEntry]:
+    """Convert the SavedModel to LiteRT with built-in operators only.
+
+    int8 is full-integer quantization calibrated on ``calibration`` (representative training
+    images). Its input is ``uint8``: raw pixels are already 0..255, so an app feeds the decoded
+    image as is. Its output stays ``float32`` probabilities (one dequantize op), so every
+    ``.tflite`` is read the same way.
+
+    Returns:
+        The flatbuffer and a FormatEntry (path left empty) with the tensor types it takes.
+    """
+    import tensorflow as tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
+    # Built-ins only: Flex (SELECT_TF_OPS) would need the TensorFlow runtime on the phone.
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if calibration is None or not len(calibration):
+            raise ExportError("int8 export needs calibration images (calibration.npz)")
+        images = calibration.astype(np.float32)
+        # An all-black and an all-white image pin the input range to the contract's 0..255,
+        # so the uint8 input has scale 1 and zero point 0: raw pixels go in unchanged.
+        extremes = np.stack([np.zeros_like(images[0]), np.full_like(images[0], 255.0)])
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for image in np.concatenate([extremes, images]):
+                yield [image[None]]
+
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.float32
+    elif precision != "float32":
+        raise ValueError(f"unknown precision {precision!r}")
+    data = bytes(conv.convert())
+    return data, _format_entry(data, precision)
+
+
+def _format_entry(data: bytes, precision: str) -> FormatEntry:
+    """Read the tensor types and quantization the interpreter really uses from the flatbuffer."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=data)
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    in_dtype, out_dtype = np.dtype(inp["dtype"]).name, np.dtype(out["dtype"]).name
+    return FormatEntry(
+        path="",
+        kind="tflite",
+        precision=precision,
+        input_dtype=in_dtype,
+        output_dtype=out_dtype,
+        input_scale=float(in_scale) if in_dtype != "float32" else None,
+        input_zero_point=int(in_zero) if in_dtype != "float32" else None,
+        output_scale=float(out_scale) if out_dtype != "float32" else None,
+        output_zero_point=int(out_zero) if out_dtype != "float32" else None,
+    )
+
+
+def operator_names(path_or_bytes: Path | bytes) -> list[str]:
+    """Names of the operators a ``.tflite`` model uses, as the LiteRT interpreter reports them."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(path_or_bytes, bytes):
+        interp = Interpreter(model_content=path_or_bytes)
+    else:
+        interp = Interpreter(model_path=str(path_or_bytes))
+    return sorted({str(op["op_name"]) for op in interp._get_ops_details()})
+
+
+def non_builtin_operators(names: list[str]) -> list[str]:
+    """Operators that are not LiteRT built-ins: Flex (TensorFlow) ops and custom ops."""
+    return [n for n in names if n.startswith("Flex") or n.upper().startswith("CUSTOM")]
+
+
+def check_builtin_only(path: Path) -> list[str]:
+    """Fail unless every operator of ``path`` is a LiteRT built-in; returns the operator names."""
+    names = operator_names(path)
+    bad = non_builtin_operators(names)
+    if bad:
+        raise ExportError(f"{path}: uses non-built-in operators {bad}; phones cannot run Flex ops")
+    return names
+
+
+def embed_metadata(path: Path, labels: list[str], metadata: dict[str, Any]) -> None:
+    """Append a zip with ``labels.txt`` and ``metadata.json`` to a ``.tflite`` file.
+
+    This is how LiteRT metadata stores "associated files": the interpreter reads only the
+    flatbuffer and ignores trailing bytes, while any zip reader finds the archive from the end
+    of the file. Entries are stored uncompressed, as the TFLite Support library's Android
+    ``MetadataExtractor`` requires. An app then needs nothing but the ``.tflite`` file.
+    """
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(EMBEDDED_LABELS, "\n".join(labels) + "\n")
+        zf.writestr(EMBEDDED_METADATA, json.dumps(metadata, indent=2) + "\n")
+
+
+def read_embedded(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """Read labels and metadata back from a ``.tflite`` file (what an app does)."""
+    with zipfile.ZipFile(path) as zf:
+        labels = [x for x in zf.read(EMBEDDED_LABELS).decode().splitlines() if x]
+        metadata = json.loads(zf.read(EMBEDDED_METADATA))
+    return labels, metadata
+
+
+def check_tflite_file(path: Path, labels: list[str]) -> None:
+    """After embedding: the interpreter still loads and runs it and the zip reads back."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    interp.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+    interp.invoke()
+    got, _ = read_embedded(path)
+    if got != labels:
+        raise ExportError(f"{path}: embedded labels do not read back")
