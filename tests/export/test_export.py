@@ -241,3 +241,15 @@ def test_rgb_run_exports_with_an_rgb_contract(tmp_path) -> None:
     assert manifest.input.shape == (8, 10, 3) and manifest.input.color_mode == "rgb"
     _, meta = export.read_embedded(path / "model_int8.tflite")
     assert meta["input"]["color_mode"] == "rgb" and meta["input"]["dtype"] == "uint8"
+
+
+def test_train_with_export_publishes_a_version(tmp_path: Path, capsys) -> None:
+    """``handserve train --export``: the CLI exports the finished run under the dataset's name."""
+    argv = ["train", "--backbone", "dense", "--limit", "100", "--epochs", "1"]
+    argv += ["--runs-dir", str(tmp_path / "runs"), "--run-name", "r", "--no-checkpoint"]
+    assert cli.main([*argv, "--export", "--models-dir", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"run: {tmp_path / 'runs' / 'r'}"
+    assert out[-1] == f"export: {tmp_path / 'models' / 'digits' / '1'}"
+    manifest = artifacts.load_verified(tmp_path / "models" / "digits" / "1")
+    assert manifest.name == "digits" and "tflite_fp32" in manifest.formats
