@@ -117,7 +117,11 @@ class TrainConfig:
     # is allowed from this epoch of phase 1 on.
     early_stopping_start: int = _f(5, "epochs before early stopping may end phase 1")
     checkpoint: bool = _f(True, "save the best model (by validation loss) during training")
-    mixed_precision: bool = _f(False, "mixed float16 (GPU only; ignored on CPU with a warning)")
+    # float16 on a GPU; bfloat16 on a CPU with native bfloat16, for the from-scratch baselines
+    # only (faster there, slower for MobileNetV2: see training.fitting.precision_policy).
+    mixed_precision: bool = _f(
+        False, "mixed float16 on GPU, bfloat16 on CPUs that have it (cnn/dense only)"
+    )
     seed: int = _f(42, "seed for shuffling, splits, augmentation and initialisation")
 
     # --- output

@@ -139,4 +139,3 @@ def test_a_folder_without_test_gets_a_held_out_test_split_by_default(make_folder
     assert load_dataset(cfg).test_origin == "test/ folder"
     none = TrainConfig(dataset="folder", data_dir=str(root), image_size=8, test_fraction=0.0)
     assert load_dataset(none).test is None
-

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -186,13 +185,35 @@ def test_list_backbones(capsys) -> None:
     assert "mobilenet_v3_small" in capsys.readouterr().out
 
 
-def test_mixed_precision_is_ignored_on_cpu(caplog) -> None:
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("a GPU is visible")
-    with caplog.at_level(logging.WARNING):
-        fitting.strategy_and_precision(tiny_cfg(mixed_precision=True))
-    assert keras.mixed_precision.global_policy().name == "float32"
-    assert "mixed_precision ignored" in caplog.text
+@pytest.mark.parametrize(
+    ("backbone", "gpus", "bf16", "policy"),
+    [
+        ("cnn", 0, True, "mixed_bfloat16"),  # measured 1.3x faster on these CPUs
+        ("mobilenet_v2", 0, True, "float32"),  # measured slower: keep float32
+        ("cnn", 0, False, "float32"),  # no native bfloat16: emulated, slower
+        ("mobilenet_v2", 1, False, "mixed_float16"),
+    ],
+)
+def test_mixed_precision_policy_where_it_pays(backbone, gpus, bf16, policy) -> None:
+    cfg = tiny_cfg(backbone=backbone, mixed_precision=True)
+    assert fitting.precision_policy(cfg, gpus, bf16)[0] == policy
+    assert fitting.precision_policy(tiny_cfg(backbone=backbone), gpus, bf16)[0] == "float32"
+
+
+def test_bfloat16_run_saves_and_exports_a_float32_model(tmp_path: Path) -> None:
+    """Training in bfloat16 must not leak bfloat16 into model.keras or the LiteRT files."""
+    if tf.config.list_physical_devices("GPU") or not fitting.cpu_has_bf16():
+        pytest.skip("needs a CPU with native bfloat16 and no GPU (this one has none)")
+    from training.export import export_run
+
+    result = train.train(tiny_cfg(tmp_path, mixed_precision=True, run_name="bf16"))
+    history = json.loads((result.run_dir / "history.json").read_text())["epochs"]
+    assert history[0]["loss"] is not None and np.isfinite(history[0]["loss"])
+    model = keras.saving.load_model(result.run_dir / "model.keras")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+    version = export_run(result.run_dir, tmp_path / "models", "bf16")
+    assert (version / "model.tflite").is_file()
 
 
 def test_class_weights_balanced() -> None:
