@@ -265,8 +265,9 @@ def read_finished(run_dir: Path) -> FinishedRun:
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: run folder not found")
     run = RunFolder(run_dir)
-    for name in run.missing(EXPORT_NEEDS):
-        raise RunFolderError(f"{run_dir / name}: missing from the run folder")
+    missing = run.missing(EXPORT_NEEDS)
+    if missing:
+        raise RunFolderError(f"{run_dir / missing[0]}: missing from the run folder")
     labels = run.read_labels()
     dataset = run.read_json(DATASET)
     info = DatasetInfo.from_json(dataset, run_dir / DATASET)

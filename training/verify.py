@@ -316,7 +316,7 @@ def check_input_shapes(
 def load_test_split(
     training: Mapping[str, Any], data_dir: str, dataset: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The full test split of the dataset a model was trained on, via ``training/data.py``.
+    """The full test split of the dataset a model was trained on (:mod:`training.data`).
 
     Returns:
         ``(x, y, description)``.
