@@ -24,7 +24,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy handserve training service
+	$(BIN)/mypy handserve handserve_cli training service
 
 format: $(STAMP)
 	$(BIN)/ruff format .
