@@ -13,6 +13,10 @@ Models load in a background task so ``/livez`` answers at once; ``__is_ready__``
 ``/readyz`` 503 until every model is verified and warm in every worker. Configuration comes from
 ``$HANDSERVE_CONFIG`` and ``HANDSERVE_*`` variables (read at import, because BentoML's
 decorator needs the worker numbers); docs/service.md has the why of each choice.
+
+At a little over 400 lines this module is longer than the others on purpose: every public
+endpoint, the image API's and the Open Inference Protocol's (:mod:`service.v2`), is declared
+here with its docstring, so one file answers "what does this server answer".
 """
 
 from __future__ import annotations
