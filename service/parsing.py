@@ -113,7 +113,8 @@ def _load_json(body: bytes, batch: bool, max_images: int) -> dict[str, Any]:
         )
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError: JSONDecodeError, and an integer of over 4,300 digits (Python's limit)
+    except (ValueError, RecursionError) as exc:
         raise ApiError("bad_json", f"the body is not valid JSON: {exc}"[:300]) from None
     if not isinstance(data, dict):
         raise ApiError("bad_json", "the JSON body must be an object")

@@ -23,7 +23,7 @@ Tensors travel as JSON ``data`` or with the binary tensor data extension (the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -42,6 +42,8 @@ EXTENSIONS = ["classification", "binary_tensor_data"]
 TENSOR_TYPES: dict[str, np.dtype[Any]] = {"UINT8": np.dtype("u1"), "FP32": np.dtype("<f4")}
 #: More dimensions than this is not an image batch; refused before computing any size.
 MAX_DIMS = 8
+#: No dimension is larger (int32, as Triton's shapes): keeps sizes and error messages bounded.
+MAX_DIM = 2**31 - 1
 
 
 class InferInputTensor(BaseModel):
@@ -50,7 +52,7 @@ class InferInputTensor(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=MAX_NAME_LENGTH)
-    shape: list[int] = Field(max_length=MAX_DIMS)
+    shape: list[Annotated[int, Field(ge=0, le=MAX_DIM)]] = Field(max_length=MAX_DIMS)
     datatype: str = Field(max_length=16)
     parameters: dict[str, Any] | None = None
     data: Any = None

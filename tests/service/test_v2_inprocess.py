@@ -469,3 +469,22 @@ def test_infer_shares_admission_metrics_and_readiness(tiny_export: Path, tmp_pat
         count = rejected._value.get()
         c.post("/v2/models/tiny/infer", json={"inputs": []})
         assert rejected._value.get() == count + 1
+
+
+def test_huge_integers_are_refused_not_a_500(client) -> None:
+    """Python refuses to parse integers of over 4,300 digits with a ValueError that is not a
+    JSONDecodeError: both APIs must answer 400, and never echo the number back whole."""
+    huge = b"9" * 5000
+    v2_body = b'{"inputs":[{"name":"image","shape":[1,' + huge + b',2,1],"datatype":"UINT8"}]}'
+    resp = client.post("/v2/models/tiny/infer", content=v2_body)
+    assert resp.status_code == 400 and len(resp.json()["error"]) < 300
+    big = b"9" * 4000  # parses, but is no dimension
+    v2_body = b'{"inputs":[{"name":"image","shape":[1,' + big + b',2,1],"datatype":"UINT8"}]}'
+    resp = client.post("/v2/models/tiny/infer", content=v2_body)
+    assert resp.status_code == 400 and len(resp.json()["error"]) < 300
+    image = base64.b64encode(digit_png(1))
+    predict_body = b'{"image":"' + image + b'","top_k":' + huge + b"}"
+    resp = client.post(
+        "/predict", content=predict_body, headers={"Content-Type": "application/json"}
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_json"
