@@ -121,6 +121,45 @@ def _load_json(body: bytes, batch: bool, max_images: int) -> dict[str, Any]:
     return data
 
 
+async def _from_multipart(request: Request, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
+    """The files and fields of a multipart body (its bytes were already read and counted)."""
+    try:
+        form = await request.form(max_files=max_images + 1, max_fields=len(PARAMS) + 1)
+    except Exception as exc:  # malformed multipart: starlette raises several types
+        if "Too many files" in str(exc):
+            raise ApiError(
+                "too_many_images", f"more than {max_images} images per request"
+            ) from None
+        raise ApiError("bad_request", f"malformed multipart body: {exc}"[:300]) from None
+    images: list[bytes] = []
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            images.append(await value.read())
+        else:
+            fields[key] = value
+    return images, fields
+
+
+def _from_json(body: bytes, batch: bool, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
+    """The base64 images of a JSON body (``image``, or ``images`` for a batch) and its other
+    keys, which are parameters."""
+    data = _load_json(body, batch, max_images)
+    key = "images" if batch else "image"
+    if key not in data:
+        raise ApiError("bad_request", f"the JSON body has no {key!r} field")
+    value = data.pop(key)
+    if not batch:
+        return [b64decode(value)], data
+    if not isinstance(value, list):
+        raise ApiError("bad_request", "images must be a list of base64 strings")
+    if len(value) > max_images:
+        raise ApiError(
+            "too_many_images", f"{len(value)} images, over the limit of {max_images} per request"
+        )
+    return [b64decode(v, i) for i, v in enumerate(value)], data
+
+
 async def parse_request(
     request: Request,
     *,
@@ -139,45 +178,14 @@ async def parse_request(
     """
     body = await read_body(request, max_body_bytes, body_timeout_s)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    fields: dict[str, Any] = {}
-    images: list[bytes] = []
     if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=max_images + 1, max_fields=len(PARAMS) + 1)
-        except Exception as exc:  # malformed multipart: starlette raises several types
-            if "Too many files" in str(exc):
-                raise ApiError(
-                    "too_many_images", f"more than {max_images} images per request"
-                ) from None
-            raise ApiError("bad_request", f"malformed multipart body: {exc}"[:300]) from None
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                images.append(await value.read())
-            else:
-                fields[key] = value
+        images, fields = await _from_multipart(request, max_images)
         where = "form"
     elif ctype == "application/json":
-        data = _load_json(body, batch, max_images)
-        key = "images" if batch else "image"
-        if key not in data:
-            raise ApiError("bad_request", f"the JSON body has no {key!r} field")
-        value = data.pop(key)
-        if batch:
-            if not isinstance(value, list):
-                raise ApiError("bad_request", "images must be a list of base64 strings")
-            if len(value) > max_images:
-                raise ApiError(
-                    "too_many_images",
-                    f"{len(value)} images, over the limit of {max_images} per request",
-                )
-            images = [b64decode(v, i) for i, v in enumerate(value)]
-        else:
-            images = [b64decode(value)]
-        fields = data
+        images, fields = _from_json(body, batch, max_images)
         where = "JSON"
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
-        images = [body]
-        where = "body"
+        images, fields, where = [body], {}, "body"
     elif not body:
         raise ApiError("empty", "the request has no body; send an image")
     else:
