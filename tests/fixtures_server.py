@@ -58,16 +58,23 @@ def background_server(
         try:
             yield f"http://127.0.0.1:{port}", proc
         finally:
-            # The workers may sit in process groups of their own: note them before stopping.
-            import psutil
+            stop_server(proc)
 
-            family: list[psutil.Process] = []
-            with contextlib.suppress(psutil.Error):
-                family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            _, alive = psutil.wait_procs(family, timeout=15)
-            for leftover in alive:
-                with contextlib.suppress(psutil.Error):
-                    leftover.kill()
-            proc.wait(5)
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM a ``bentoml serve`` started in its own session, then kill what outlives it.
+
+    The workers may sit in process groups of their own: they are noted before stopping.
+    """
+    import psutil
+
+    family: list[psutil.Process] = []
+    with contextlib.suppress(psutil.Error):
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for leftover in alive:
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    proc.wait(5)

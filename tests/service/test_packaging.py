@@ -9,8 +9,6 @@ import concurrent.futures as cf
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ from handserve.images import decode_image
 from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
 from service.registry import load_for_runtime
+from tests.fixtures_server import free_port, stop_server
 from tests.service.helpers import REPO, corrupt, digit_png, running_server, wait_ready
 
 PROJECT_FILES = ("bentofile.yaml", "bentofile-gpu.yaml", "handserve", "service", "models/README.md")
@@ -198,12 +197,6 @@ def test_build_refuses_without_a_servable_model(tiny_export: Path, tmp_path: Pat
     assert model_files(the_bento(tmp_path / "home", "handserve")) == {"README.md"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _as_nobody() -> list[str]:
     """Run as an unprivileged user, as the image does (the tests may run as root)."""
     if os.geteuid() != 0:
@@ -256,13 +249,7 @@ def _serve_bento(venv: Path, bento: Path, scratch: Path, port: int) -> Iterator[
     try:
         yield log_path
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_server(proc, timeout=20)
 
 
 @pytest.mark.server
@@ -281,7 +268,7 @@ def test_built_bento_serves_from_its_own_requirements_as_non_root(cpu_bento: Pat
         scratch.mkdir()
         if _as_nobody():
             os.chown(scratch, NOBODY, NOBODY)
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         with _serve_bento(venv, bento, scratch, port) as log:
             deadline = time.monotonic() + 150
