@@ -107,6 +107,12 @@ class TrainConfig:
     # 32: small datasets get enough steps per epoch for BatchNorm statistics to settle.
     batch_size: int = _f(32, "images per training step")
     label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
+    # Decoupled weight decay (AdamW-style when the optimizer is adam); 0 leaves it off.
+    weight_decay: float = _f(0.0, "decoupled weight decay of every optimizer (0: off)")
+    # Fine-tuning a whole backbone on a small folder moves its weights in noisy steps; an
+    # exponential moving average of them (Polyak averaging) is what phase 2 validates,
+    # checkpoints and exports when this is above 0. 0.99 averages about the last 100 steps.
+    ema: float = _f(0.0, "phase 2: use a moving average of the weights, this momentum (0: off)")
     class_weights: Literal["none", "balanced"] = _f(
         "none", "weight the loss by inverse class frequency (imbalanced data)"
     )
@@ -149,6 +155,8 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
+            (0.0 <= self.ema < 1.0, "ema must be in [0, 1)"),
             (self.early_stopping >= 0, "early_stopping must be >= 0"),
             (self.early_stopping_start >= 0, "early_stopping_start must be >= 0"),
             (self.limit is None or self.limit >= 2, "limit must be at least 2"),

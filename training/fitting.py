@@ -29,13 +29,15 @@ from training.data import Dataset, make_pipeline
 
 log = logging.getLogger(__name__)
 
-_OPTIMIZERS = {
-    "sgd": lambda lr, cfg: keras.optimizers.SGD(learning_rate=lr),
-    "momentum": lambda lr, cfg: keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum),
-    "adam": lambda lr, cfg: keras.optimizers.Adam(learning_rate=lr),
-    "rmsprop": lambda lr, cfg: keras.optimizers.RMSprop(learning_rate=lr),
-    "adagrad": lambda lr, cfg: keras.optimizers.Adagrad(learning_rate=lr),
-    "adadelta": lambda lr, cfg: keras.optimizers.Adadelta(learning_rate=lr),
+_OPTIMIZERS: dict[str, Any] = {
+    "sgd": lambda lr, cfg, **kw: keras.optimizers.SGD(learning_rate=lr, **kw),
+    "momentum": lambda lr, cfg, **kw: keras.optimizers.SGD(
+        learning_rate=lr, momentum=cfg.momentum, **kw
+    ),
+    "adam": lambda lr, cfg, **kw: keras.optimizers.Adam(learning_rate=lr, **kw),
+    "rmsprop": lambda lr, cfg, **kw: keras.optimizers.RMSprop(learning_rate=lr, **kw),
+    "adagrad": lambda lr, cfg, **kw: keras.optimizers.Adagrad(learning_rate=lr, **kw),
+    "adadelta": lambda lr, cfg, **kw: keras.optimizers.Adadelta(learning_rate=lr, **kw),
 }
 
 
@@ -92,10 +94,17 @@ def strategy_and_precision(cfg: TrainConfig) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def optimizer(cfg: TrainConfig, lr: Any) -> keras.optimizers.Optimizer:
+def optimizer(cfg: TrainConfig, lr: Any, *, ema: float = 0.0) -> keras.optimizers.Optimizer:
+    """The configured optimizer with ``cfg.weight_decay``; ``ema`` > 0 keeps a weight average."""
     if cfg.optimizer not in _OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r} (--optimizer)")
-    return _OPTIMIZERS[cfg.optimizer](lr, cfg)
+    kwargs: dict[str, Any] = {}
+    if cfg.weight_decay > 0:
+        kwargs["weight_decay"] = cfg.weight_decay
+    if ema > 0:
+        kwargs.update(use_ema=True, ema_momentum=ema)
+    opt: keras.optimizers.Optimizer = _OPTIMIZERS[cfg.optimizer](lr, cfg, **kwargs)
+    return opt
 
 
 def learning_rate_schedule(
@@ -244,8 +253,17 @@ def fit_phase(
 ) -> float | None:
     """Compile and fit one phase; returns the best val_loss seen (for the next checkpoint)."""
     schedule = learning_rate_schedule(cfg, phase.base_lr, phase.epochs, inputs.steps_per_epoch)
-    model.compile(optimizer=optimizer(cfg, schedule), loss=inputs.loss, metrics=["accuracy"])
+    # The average starts from phase 1's result; in phase 1 it would start from a random head.
+    ema = cfg.ema if phase.number == 2 else 0.0
+    model.compile(
+        optimizer=optimizer(cfg, schedule, ema=ema), loss=inputs.loss, metrics=["accuracy"]
+    )
     callbacks: list[keras.callbacks.Callback] = [EpochLog(phase.number, inputs.n_train, records)]
+    if ema > 0:
+        # Swapped in for validation and at each epoch's end, before the callbacks below: early
+        # stopping and the checkpoint judge and keep the averaged weights, which fit's end
+        # leaves in the model.
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if cfg.early_stopping > 0:
         # Phase 1 of a fresh network waits a few epochs (its early validation loss is noisy);
         # phase 2 starts from a trained model and does not wait.
