@@ -317,6 +317,7 @@ def test_ema_keeps_and_checkpoints_the_averaged_weights(tmp_path: Path) -> None:
     assert averaged < 0.2 * plain
     assert averaged_saved < 0.2 * plain_saved
 
+
 def test_weight_decay_and_ema_reach_the_optimizer() -> None:
     opt = fitting.optimizer(tiny_cfg(weight_decay=0.05), 1e-3, ema=0.99)
     assert opt.weight_decay == pytest.approx(0.05)
