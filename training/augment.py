@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import keras
+import tensorflow as tf
 
 from training.config import TrainConfig
 
@@ -62,6 +63,21 @@ def build_augmentation(cfg: TrainConfig) -> keras.Sequential | None:
     return keras.Sequential(layers, name="augmentation")
 
 
+def with_mixup(ds: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset:
+    """Blend each batch of ``(images, one-hot labels)`` with a shuffled copy of itself (MixUp).
+
+    After the per-image augmentation and batching: MixUp pairs images within a batch. The
+    pipeline's last batch may be smaller; the layer handles any batch size.
+    """
+    mixup = keras.layers.MixUp(alpha=alpha, seed=seed + 6)
+
+    def mix(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        out = mixup({"images": x, "labels": y}, training=True)
+        return out["images"], out["labels"]
+
+    return ds.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def describe(cfg: TrainConfig) -> dict[str, float | bool]:
     """The augmentation settings in effect, for logs and the report."""
     return {
@@ -72,4 +88,5 @@ def describe(cfg: TrainConfig) -> dict[str, float | bool]:
         "contrast": cfg.contrast,
         "brightness": cfg.brightness,
         "flip": cfg.flip,
+        "mixup": cfg.mixup,
     }

@@ -221,14 +221,16 @@ def fit_inputs(cfg: TrainConfig, dataset: Dataset) -> FitInputs:
     )
     val_ds = make_pipeline(dataset.val, cfg.batch_size, training=False, seed=cfg.seed)
     loss: keras.losses.Loss = keras.losses.SparseCategoricalCrossentropy()
-    if cfg.label_smoothing > 0:
-        # Keras' sparse cross-entropy has no label smoothing: one-hot the labels instead.
+    if cfg.label_smoothing > 0 or (cfg.augment and cfg.mixup > 0):
+        # Keras' sparse cross-entropy has no label smoothing, and MixUp blends labels: one-hot.
         def one_hot(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             return x, tf.one_hot(tf.cast(y, tf.int32), num_classes)
 
         train_ds = train_ds.map(one_hot, num_parallel_calls=tf.data.AUTOTUNE)
         val_ds = val_ds.map(one_hot, num_parallel_calls=tf.data.AUTOTUNE)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        if cfg.augment and cfg.mixup > 0:
+            train_ds = augment_mod.with_mixup(train_ds, cfg.mixup, cfg.seed)
     balanced = cfg.class_weights == "balanced"
     return FitInputs(
         train_ds=train_ds,

@@ -60,3 +60,33 @@ def test_flip_only_when_enabled_and_none_when_off() -> None:
     assert aug is not None
     brightness = [la for la in aug.layers if isinstance(la, keras.layers.RandomBrightness)]
     assert brightness and tuple(brightness[0].value_range) == (0, 255)
+
+
+def test_mixup_blends_images_and_labels_alike() -> None:
+    """Every training example is ``w * a + (1 - w) * b`` of two examples, labels included.
+
+    The labels tell the weight: ``a``'s class gets ``w``, so the image must be the same blend.
+    """
+    from training.fitting import fit_inputs
+
+    split = _split(32)
+    dataset = data.Dataset("test", ["a", "b", "c", "d"], split, split, None, "test")
+    cfg = tiny_cfg(mixup=0.4, rotation=0, zoom=0, translate=0, contrast=0, brightness=0)
+    inputs = fit_inputs(cfg, dataset)
+    x, y = next(iter(inputs.train_ds))
+    x, y = np.asarray(x), np.asarray(y)
+    assert isinstance(inputs.loss, keras.losses.CategoricalCrossentropy)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+    blended = [i for i in range(len(y)) if 0.02 < y[i].max() < 0.98]
+    assert len(blended) > len(y) // 2  # Beta(0.4, 0.4) rarely gives w within 0.02 of 0 or 1
+    originals = split.x.astype(np.float32)
+    for i in blended:
+        # Find the pair (a, b) and weight that rebuild image i: one must fit exactly.
+        errors = [
+            np.abs(w * originals[a] + (1 - w) * originals[b] - x[i]).max()
+            for a in range(len(split))
+            for b in range(len(split))
+            if y[i][split.y[a]] >= 0.5 - 1e-6 and split.y[a] != split.y[b]
+            for w in (float(y[i][split.y[a]]),)
+        ]
+        assert min(errors) < 1e-2
