@@ -85,6 +85,9 @@ def test_wrong_type_is_rejected(tmp_path: Path, text: str, key: str) -> None:
         (["--epochs", "0"], "epochs"),
         (["--dropout", "1.5"], "dropout"),
         (["--val-fraction", "0.6", "--test-fraction", "0.5"], "fractions"),
+        (["--ema", "1"], "ema must be in"),
+        (["--mixup", "2"], "mixup must be in"),
+        (["--weight-decay", "-0.1"], "weight_decay must be"),
     ],
 )
 def test_invalid_value_is_rejected(flags: list[str], message: str) -> None:
