@@ -6,19 +6,19 @@
 Starts ``bentoml serve service.service:HandServe`` on the models folder (or uses ``--url``),
 POSTs every image file under ``--data-dir/<class>/`` as it is on disk (JPEG, PNG: the server
 decodes and resizes, as it would for a user) to ``/predict_batch`` in chunks, and prints
-accuracy and per-class recall next to the test accuracy the version's manifest recorded at
-export (Keras on the run's own decoded test split). The two should agree: a gap means the
-server's decoding or resizing differs from training's, or the served ``model.tflite`` from
-the Keras model. Exits 1 when a request fails or a class folder is not one of the model's
+accuracy and per-class recall next to the val and test accuracy the version's manifest
+recorded (Keras on the run's own decoded images). Served on the folder the run used as its
+val or test split, the two should agree: a gap means the server's decoding or resizing
+differs from training's, or the served ``model.tflite`` from the Keras model. Exits 1 when a request fails or a class folder is not one of the model's
 labels.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handserve import artifacts  # noqa: E402
-from tests.fixtures_server import background_server  # noqa: E402
+from tests.fixtures_server import background_server, wait_ready  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-
-
-def wait_ready(url: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} was not ready within {timeout:.0f} s")
 
 
 def test_files(data_dir: Path) -> list[tuple[Path, str]]:
@@ -85,7 +73,7 @@ def report(truth: list[str], predicted: list[str], recorded: Any, served: dict[s
     lines += [
         "",
         f"served accuracy: {correct / len(truth):.4f} ({len(truth) - correct} wrong)",
-        f"accuracy recorded at export (Keras, the run's decoded images): {recorded}",
+        f"recorded by the run (Keras, its own decoded images): {recorded or 'nothing'}",
     ]
     return "\n".join(lines)
 
@@ -108,14 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"{args.data_dir}: classes {unknown} are not labels of {args.model}", file=sys.stderr)
         return 1
-    split = "test" if manifest.metrics.get("test") else "val"
-    recorded = f"{(manifest.metrics.get(split) or {}).get('accuracy', 'none')} on its {split} split"
+    recorded = ", ".join(
+        f"{split} {manifest.metrics[split]['accuracy']:.4f}"
+        for split in ("val", "test")
+        if (manifest.metrics.get(split) or {}).get("accuracy") is not None
+    )
     served_format = manifest.formats.get("tflite_fp32")
     if served_format and "accuracy" in served_format.metrics:
-        recorded = f"{recorded} (model.tflite: {served_format.metrics['accuracy']})"
+        recorded += f" (model.tflite on test: {served_format.metrics['accuracy']:.4f})"
 
-    def run(url: str) -> int:
-        wait_ready(url)
+    def run(url: str, proc: subprocess.Popen[bytes] | None = None) -> int:
+        if proc is not None:  # a server we started: wait until it has loaded and warmed up
+            wait_ready(url, proc, timeout=180)
         served = requests.get(url + "/models", timeout=10).json()
         entry = next(m for m in served["models"] if m["name"] == args.model)
         predicted = classify(url, args.model, [p for p, _ in files], args.chunk)
@@ -126,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         return run(args.url.rstrip("/"))
     log_path = Path(tempfile.gettempdir()) / "serve_accuracy.log"
-    with background_server(args.models_dir, log_path) as (url, _proc):
-        return run(url)
+    with background_server(args.models_dir, log_path) as (url, proc):
+        return run(url, proc)
 
 
 if __name__ == "__main__":

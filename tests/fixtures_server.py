@@ -12,8 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import requests
 
 from service.cli import REPO, SERVICE
 
@@ -78,3 +81,16 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
         with contextlib.suppress(psutil.Error):
             leftover.kill()
     proc.wait(5)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Poll ``/readyz`` until 200; fail at once if the server process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout}s")

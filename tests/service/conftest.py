@@ -21,7 +21,8 @@ from subprocess import Popen
 import pytest
 import requests
 
-from tests.service.helpers import copy_version, corrupt, running_server, wait_ready
+from tests.fixtures_server import wait_ready
+from tests.service.helpers import copy_version, corrupt, running_server
 
 WARMUP_DELAY_S = 2.0
 #: Short, so the stalled-client tests finish quickly (the default is 5 s).

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 from PIL import Image
 
 from handserve import artifacts
@@ -111,18 +110,6 @@ def running_server(
     log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log", dir=home)[1])
     with background_server(models_dir, log_path, env) as (url, proc):
         yield url, proc, started
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
 @contextlib.contextmanager

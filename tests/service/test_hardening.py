@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 
 from service.config import ServiceConfig
-from tests.fixtures_server import free_port
+from tests.fixtures_server import free_port, wait_ready
 from tests.service.conftest import BODY_TIMEOUT_S
 from tests.service.helpers import REPO, copy_version, corrupt, digit_png, inprocess_client
 
@@ -231,19 +231,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(10)
 
 
-def _ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "server exited"
-        try:
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
-
-
 def _predictions_total(url: str) -> float:
     text = requests.get(url + "/metrics", timeout=30).text
     return sum(
@@ -263,12 +250,12 @@ def test_two_servers_keep_their_metrics_apart_and_sigterm_stops_the_server(
         port_a, port_b = free_port(), free_port()
         url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
         procs.append(_handserve_serve(models, port_a, tmp_path / "a.log"))
-        _ready(url_a, procs[0])
+        wait_ready(url_a, procs[0], timeout=180)
         for _ in range(3):
             assert post_png(url_a).status_code == 200
         assert _predictions_total(url_a) == 3
         procs.append(_handserve_serve(models, port_b, tmp_path / "b.log"))
-        _ready(url_b, procs[1])
+        wait_ready(url_b, procs[1], timeout=180)
         assert post_png(url_b).status_code == 200
         assert _predictions_total(url_a) == 3  # not wiped or mixed by the second server
         assert _predictions_total(url_b) == 1

@@ -26,8 +26,8 @@ from handserve.images import decode_image
 from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
 from service.registry import load_for_runtime
-from tests.fixtures_server import free_port, stop_server
-from tests.service.helpers import REPO, corrupt, digit_png, running_server, wait_ready
+from tests.fixtures_server import free_port, stop_server, wait_ready
+from tests.service.helpers import REPO, corrupt, digit_png, running_server
 
 PROJECT_FILES = ("bentofile.yaml", "bentofile-gpu.yaml", "handserve", "service", "models/README.md")
 #: Every package the service imports (or uvicorn uses) must reach the image.
