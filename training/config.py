@@ -79,7 +79,8 @@ class TrainConfig:
     flip: bool = _f(False, "random horizontal flip (on for photos of objects, off for hands)")
     # MixUp (Zhang et al. 2018) blends pairs of training images and their labels, with weights
     # drawn from Beta(mixup, mixup): on a small folder a fine-tuned backbone otherwise learns
-    # its training images by heart (training loss 0.002 on the fruit photos). 0: off.
+    # its training images by heart (training loss 0.002 on the fruit photos). 0: off; like the
+    # rest of this block, only with ``augment``.
     mixup: float = _f(0.0, "MixUp strength alpha for training batches (0: off)")
 
     # --- optimisation

@@ -335,6 +335,8 @@ def fit_phases(
         )
     epochs = fine_tune_epochs(cfg)
     if epochs == 0:
+        if cfg.ema > 0:
+            log.info("ema ignored: it averages phase 2's weights and this run has no phase 2")
         return records
     done = len(records)
     with strategy.scope():
