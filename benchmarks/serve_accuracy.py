@@ -9,8 +9,8 @@ decodes and resizes, as it would for a user) to ``/predict_batch`` in chunks, an
 accuracy and per-class recall next to the val and test accuracy the version's manifest
 recorded (Keras on the run's own decoded images). Served on the folder the run used as its
 val or test split, the two should agree: a gap means the server's decoding or resizing
-differs from training's, or the served ``model.tflite`` from the Keras model. Exits 1 when a request fails or a class folder is not one of the model's
-labels.
+differs from training's, or the served ``model.tflite`` from the Keras model. Exits 1 when
+a request fails or a class folder is not one of the model's labels.
 """
 
 from __future__ import annotations
