@@ -1,45 +1,68 @@
-# The two quickstart commands (`make run`, `make test`) create and fill .venv themselves.
+# The two quickstart commands (`make run`, `make test`) create and fill .venv themselves, with
+# exactly the versions in uv.lock: every target syncs .venv to the lock first (well under a second
+# when nothing changed; a changed lock re-installs what changed, a stray package is removed).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# The lock tool, bootstrapped with pip into .venv; uv.lock pins uv itself (dev extra), so after
+# the first sync .venv holds the locked uv (tests/unit/test_lock.py checks the two agree).
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+SYNC := sync --locked --extra dev --extra bench --python $(BIN)/python
 
-.PHONY: run test lint format bench bench-train bench-export bench-serve clean
+.PHONY: venv run test lint format lock requirements bench bench-train bench-export bench-serve clean
 
-$(STAMP): pyproject.toml
+$(UV):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+
+## venv: .venv exactly as uv.lock says (--locked: fails if pyproject.toml changed without `make lock`)
+venv: | $(UV)
+	$(UV) $(SYNC) --quiet
+
+## lock: re-resolve every dependency (and checkov's side environment) to the newest versions
+## pyproject.toml allows, on purpose; re-export requirements/ and re-sync .venv (README).
+## `make lock UPGRADE=` keeps every pin that still fits (after adding a dependency, say).
+UPGRADE ?= --upgrade
+lock: | $(UV)
+	$(UV) lock $(UPGRADE)
+	$(UV) pip compile --quiet $(UPGRADE) --universal --python-version 3.11 --no-header \
+	  requirements/checkov.in -o requirements/checkov.txt
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/export-requirements.sh requirements
+	$(UV) $(SYNC)
+
+## requirements: re-export requirements/*.txt from uv.lock as it is (no re-resolution)
+requirements: | $(UV)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/export-requirements.sh requirements
 
 ## run: train the default model on embedded data, export it, serve it (Ctrl-C stops)
-run: $(STAMP)
+run: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/quickstart.sh
 
 ## test: the whole suite (installs Chromium and Prometheus from Debian when it can)
-test: $(STAMP)
+test: venv
 	bash scripts/install-test-tools.sh
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy handserve handserve_cli training service
 
-format: $(STAMP)
+format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 bench: bench-train bench-export bench-serve
 
-bench-train: $(STAMP)
+bench-train: venv
 	$(BIN)/python benchmarks/train_bench.py all
 
-bench-export: $(STAMP)
+bench-export: venv
 	$(BIN)/python benchmarks/export_parity.py
 
 # bench-serve measures the newest export in models/ (make run makes one)
-bench-serve: $(STAMP)
+bench-serve: venv
 	$(BIN)/python benchmarks/serve_bench.py
 
 clean:
@@ -48,11 +71,11 @@ clean:
 ## bento / bento-gpu: check models/ holds a servable model, then build the LiteRT (CPU) or the
 ## SavedModel (GPU, TensorFlow) Bento. HANDSERVE_ALLOW_EMPTY_BENTO=1: an image for a models volume.
 .PHONY: bento bento-gpu
-bento: $(STAMP)
+bento: venv
 	$(BIN)/python -m service.bento_guard -f bentofile.yaml
 	$(BIN)/bentoml build -f bentofile.yaml
 
-bento-gpu: $(STAMP)
+bento-gpu: venv
 	$(BIN)/python -m service.bento_guard -f bentofile-gpu.yaml
 	$(BIN)/bentoml build -f bentofile-gpu.yaml
 

@@ -9,11 +9,21 @@ set -u
 cd "$(dirname "$0")/.." || exit 0
 
 # checkov: a separate venv, so its pins never touch .venv (pip install --dry-run checkov into
-# .venv would downgrade packaging, platformdirs, importlib_metadata, ...).
+# .venv would downgrade packaging, platformdirs, importlib_metadata, ...). Exactly the versions of
+# requirements/checkov.txt (`make lock` compiles it), re-installed whenever that file changes; uv
+# is the one `make` put into .venv.
 SCAN=.cache/venv-scan
-if [ ! -x "$SCAN/bin/checkov" ] && ! command -v checkov >/dev/null 2>&1; then
-  echo "install-test-tools: installing checkov into $SCAN" >&2
-  { python3 -m venv "$SCAN" && "$SCAN/bin/pip" install --quiet 'checkov>=3.2,<4'; } >/dev/null 2>&1 \
+PINS=requirements/checkov.txt
+UV=.venv/bin/uv
+if ! cmp -s "$PINS" "$SCAN/installed-requirements.txt"; then
+  echo "install-test-tools: installing checkov ($PINS) into $SCAN" >&2
+  rm -rf "$SCAN"
+  if [ -x "$UV" ]; then
+    { "$UV" venv --quiet --python python3 "$SCAN" \
+        && "$UV" pip install --quiet --python "$SCAN/bin/python" -r "$PINS"; } >/dev/null 2>&1
+  else
+    { python3 -m venv "$SCAN" && "$SCAN/bin/pip" install --quiet -r "$PINS"; } >/dev/null 2>&1
+  fi && cp "$PINS" "$SCAN/installed-requirements.txt" \
     || echo "install-test-tools: checkov install failed; the policy scan test will skip" >&2
 fi
 

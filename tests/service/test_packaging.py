@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import bentoml
 import pytest
 import requests
 import yaml
@@ -27,12 +28,20 @@ from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
 from service.registry import load_for_runtime
 from tests.fixtures_server import free_port, stop_server, wait_ready
+from tests.lockfile import REQUIREMENTS, pins
 from tests.service.helpers import REPO, corrupt, digit_png, running_server
 
-PROJECT_FILES = ("bentofile.yaml", "bentofile-gpu.yaml", "handserve", "service", "models/README.md")
+PROJECT_FILES = (
+    "bentofile.yaml",
+    "bentofile-gpu.yaml",
+    "requirements",
+    "handserve",
+    "service",
+    "models/README.md",
+)
 #: Every package the service imports (or uvicorn uses) must reach the image.
 PACKAGES = (
-    "bentoml==1.4.39",
+    "bentoml",
     "ai-edge-litert",
     "numpy",
     "pillow",
@@ -90,6 +99,16 @@ def the_bento(home: Path, name: str) -> Path:
     return bento.parent
 
 
+def _bento_pins(bento: Path, locked: str) -> dict[str, str]:
+    """The Bento's ``requirements.txt`` as pins, which must be exactly ``requirements/<locked>``:
+    BentoML adds a line pinning the BentoML that built it, which must be the locked one."""
+    path = bento / "env" / "python" / "requirements.txt"
+    reqs = pins(path.read_text(), source=str(path))
+    assert reqs == pins((REQUIREMENTS / locked).read_text(), source=locked)
+    assert reqs["bentoml"] == bentoml.__version__
+    return reqs
+
+
 def model_files(bento: Path) -> set[str]:
     models = bento / "src" / "models"
     return {str(p.relative_to(models)) for p in models.rglob("*") if p.is_file()}
@@ -137,10 +156,9 @@ def test_cpu_bento_packs_only_what_litert_serving_reads(cpu_bento: Path) -> None
         load_for_runtime(version, "savedmodel", "model.tflite")
     with pytest.raises(ArtifactError, match="needs it, but it is missing"):
         load_for_runtime(version, "litert", "model_fp16.tflite")
-    reqs = (cpu_bento / "env" / "python" / "requirements.txt").read_text().splitlines()
-    for package in PACKAGES:
-        assert any(line.startswith(package) for line in reqs), package
-    assert not any(line.startswith("tensorflow") for line in reqs)
+    reqs = _bento_pins(cpu_bento, "bento-cpu.txt")
+    assert set(PACKAGES) <= set(reqs)
+    assert "tensorflow" not in reqs
     assert "FROM python:3.11" in (cpu_bento / "env" / "docker" / "Dockerfile").read_text()
 
 
@@ -159,8 +177,8 @@ def test_gpu_bento_adds_tensorflow_and_the_saved_model(tiny_export: Path, tmp_pa
     }
     version = bento / "src" / "models" / "tiny" / "1"
     assert load_for_runtime(version, "savedmodel", "model.tflite").name == "tiny"
-    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "tensorflow[and-cuda]>=2.21,<2.22" in reqs and "pydantic-settings" in reqs
+    reqs = _bento_pins(bento, "bento-gpu.txt")
+    assert {"tensorflow", "nvidia-cudnn-cu12", *PACKAGES} - {"ai-edge-litert"} <= set(reqs)
 
 
 @pytest.mark.slow
