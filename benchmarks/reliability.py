@@ -95,12 +95,20 @@ def expected_top1(version_dir: Path, good: list[tuple[bytes, str]]) -> list[int]
     return [int(i) for i in LiteRTRuntime(version_dir / "model.tflite").predict(x).argmax(1)]
 
 
+def tcp_connections(proc: psutil.Process) -> list[Any]:
+    """``proc``'s TCP sockets with the psutil the lock holds: psutil 6 renamed
+    ``Process.connections`` to ``net_connections``, and kserve (a dev dependency) keeps psutil
+    below 6, so both names are tried."""
+    method = getattr(proc, "net_connections", None) or proc.connections
+    return list(method(kind="tcp"))
+
+
 def server_processes(port: int) -> list[psutil.Process]:
     """The processes listening on ``port`` (BentoML's workers share the socket)."""
     procs = {}
     for proc in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error):
-            for conn in proc.net_connections(kind="tcp"):
+            for conn in tcp_connections(proc):
                 if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
                     procs[proc.pid] = proc
     return list(procs.values())
