@@ -75,9 +75,7 @@ def test_reliability_finds_no_5xx_and_no_wrong_answer(bench_models: Path) -> Non
     assert set(memory) == {"start", "after warm-up", "end"} and min(memory.values()) > 0
 
 
-def test_serve_accuracy_scores_a_class_folder_over_http(
-    bench_models: Path, tmp_path: Path
-) -> None:
+def test_serve_accuracy_scores_a_class_folder_over_http(bench_models: Path, tmp_path: Path) -> None:
     labels = artifacts.read_manifest(bench_models / "tiny" / "1").labels
     data = tmp_path / "test"
     for seed, label in enumerate(labels[:3]):
