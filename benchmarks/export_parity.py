@@ -45,17 +45,20 @@ def train_short(dataset: str, data_dir: Path, runs_dir: Path, epochs: int, limit
 
 
 def targets(report) -> list[tuple[str, bool, str]]:
+    from handserve.artifacts import FORMATS, TFLITE_FP32
+
     rows = {r.name: r for r in report.results}
     keras_acc = rows["keras"].accuracy
-    fp32, int8 = rows["tflite_fp32"], rows["tflite_int8"]
+    by_precision = {FORMATS[k].precision: rows[k] for k in rows if k in FORMATS}
+    fp32, int8 = rows[TFLITE_FP32.key], by_precision["int8"]
     out = []
-    for name in ("saved_model", "tflite_fp32"):
+    for name in (k for k, f in FORMATS.items() if f.required):
         r = rows[name]
         out.append(
             (f"{name} agreement >= 99.9%", r.agreement >= 0.999, f"{100 * r.agreement:.3f}%")
         )
         out.append((f"{name} max|dp| <= 1e-4", r.max_abs_diff <= 1e-4, f"{r.max_abs_diff:.2g}"))
-    fp16 = rows["tflite_fp16"]
+    fp16 = by_precision["float16"]
     out.append(("fp16 agreement >= 99.5%", fp16.agreement >= 0.995, f"{100 * fp16.agreement:.3f}%"))
     drop = 100 * (keras_acc - int8.accuracy)
     out.append(("int8 accuracy within 1 point", drop <= 1.0, f"{drop:+.2f} points below Keras"))

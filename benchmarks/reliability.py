@@ -92,7 +92,9 @@ def expected_top1(version_dir: Path, good: list[tuple[bytes, str]]) -> list[int]
     """The exported model's own answer for each good image, run directly (no server)."""
     man = artifacts.read_manifest(version_dir)
     x = np.stack([decode_image(b, man.input.image_spec) for b, _ in good])
-    return [int(i) for i in LiteRTRuntime(version_dir / "model.tflite").predict(x).argmax(1)]
+    return [
+        int(i) for i in LiteRTRuntime(version_dir / artifacts.TFLITE_FP32.path).predict(x).argmax(1)
+    ]
 
 
 def tcp_connections(proc: psutil.Process) -> list[Any]:
@@ -228,7 +230,7 @@ def main() -> int:
     if args.url:
         return asyncio.run(run(args, args.url, model, vdir))
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"BENTOML_HOME": tmp, "HANDSERVE_RUNTIME": "litert"}
+        env = {"BENTOML_HOME": tmp, "HANDSERVE_RUNTIME": LiteRTRuntime.name}
         with background_server(args.models_dir, Path(tmp) / "server.log", env) as (url, _):
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("val", "test")
         if (manifest.metrics.get(split) or {}).get("accuracy") is not None
     )
-    served_format = manifest.formats.get("tflite_fp32")
+    served_format = manifest.formats.get(artifacts.TFLITE_FP32.key)
     if served_format and "accuracy" in served_format.metrics:
         recorded += f" (model.tflite on test: {served_format.metrics['accuracy']:.4f})"
 

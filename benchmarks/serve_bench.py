@@ -52,7 +52,7 @@ def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
 def ceiling(version_dir: Path, max_batch: int, seconds: float = 3.0) -> dict[int, float]:
     """In-process LiteRT images/s at batch 1 and ``max_batch`` (the server's upper bound)."""
     man = artifacts.read_manifest(version_dir)
-    rt = LiteRTRuntime(version_dir / "model.tflite", num_threads=available_cpus())
+    rt = LiteRTRuntime(version_dir / artifacts.TFLITE_FP32.path, num_threads=available_cpus())
     out = {}
     for n in (1, max_batch):
         x = np.zeros((n, *man.input.shape), np.uint8)

@@ -1,4 +1,4 @@
-"""The model folder contract between ``training/`` (writes) and ``service/`` (reads).
+"""The model version folder: its one owner, between ``training/`` (writes) and ``service/`` (reads).
 
 Layout, documented in ``docs/artifacts.md``::
 
@@ -13,14 +13,19 @@ Layout, documented in ``docs/artifacts.md``::
         report/                   the training run's report (metrics.json, PNGs, config, history)
         samples.npz               labelled sample images (x uint8 NHWC, y int) for ``verify``
 
-Versions are immutable: an export is built in a hidden temporary folder beside its target and
-renamed into place in one step, so a reader never sees a half-written version. This module
-imports no TensorFlow, so the service can run LiteRT-only.
+Everything about that folder lives here and is imported elsewhere: the file names, the table of
+formats (:data:`FORMATS`: one row per runnable form, with its manifest key, file, precision and
+the runtime that serves it), the manifest schema, the one verifier (:func:`load_verified`) and
+publishing. Versions are immutable: an export is built in a hidden staging folder that reserves
+its version number and is renamed into place in one step, so a reader never sees a half-written
+version and two exporters never take the same number. This module imports no TensorFlow, so the
+service can run LiteRT-only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -39,9 +44,126 @@ from handserve.images import ImageSpec, color_mode_for
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+# The files of a version folder (the formats' files are in FORMATS).
 MANIFEST = "manifest.json"
+KERAS_MODEL = "model.keras"
+LABELS = "labels.txt"
+SAMPLES = "samples.npz"
+REPORT_DIR = "report"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")  # ASCII only: str.isdigit() accepts "²"
+#: The staging folder that reserves version N is named ``.staging-N`` (see staging_version).
+_STAGING_RE = re.compile(r"^\.staging-([1-9][0-9]{0,17})$")
+#: Published folders are readable by every user (a server may run as another uid than the
+#: exporter: a host folder mounted into a container, a training Job and a Deployment).
+DIR_MODE, FILE_MODE = 0o755, 0o644
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """One runnable form of the model: a row of :data:`FORMATS`.
+
+    Attributes:
+        key: its key in the manifest's ``formats``.
+        path: its file (or folder) in the version folder.
+        kind: ``FormatEntry.kind`` (``saved_model`` or ``tflite``).
+        precision: ``float32``, ``float16`` or ``int8``; it selects the parity bound the export
+            and ``handserve verify`` hold it to (``training.verify.PARITY_BOUNDS``).
+        runtime: the runtime that runs it (``handserve.runtimes.RUNTIMES``).
+        flag: its name in ``handserve export --formats`` (None: always built).
+        required: a version is not published without it (what the servers run by default).
+        platform: the Open Inference Protocol's ``platform`` for a server running it.
+    """
+
+    key: str
+    path: str
+    kind: str
+    precision: str
+    runtime: str
+    flag: str | None
+    required: bool
+    platform: str
+
+    @property
+    def main_file(self) -> str:
+        """The file whose sha256 identifies the model (``/models``, ``handserve_model_info``)."""
+        return f"{self.path}/saved_model.pb" if self.kind == "saved_model" else self.path
+
+    def files(self, manifest: Manifest) -> list[str]:
+        """The manifest's files this format consists of (a folder: every file under it)."""
+        inside = [e.path for e in manifest.files if e.path.startswith(self.path + "/")]
+        return inside or [self.main_file]
+
+
+#: Every format an export can write, in the order it writes them. Adding a format is a row here,
+#: a converter in training/ and, for a new kind of file, a runtime class (docs/architecture.md).
+FORMATS: dict[str, FormatSpec] = {
+    spec.key: spec
+    for spec in (
+        FormatSpec(
+            key="saved_model",
+            path="saved_model",
+            kind="saved_model",
+            precision="float32",
+            runtime="savedmodel",
+            flag=None,
+            required=True,
+            platform="tensorflow_savedmodel",
+        ),
+        FormatSpec(
+            key="tflite_fp32",
+            path="model.tflite",
+            kind="tflite",
+            precision="float32",
+            runtime="litert",
+            flag="fp32",
+            required=True,
+            platform="litert_tflite",
+        ),
+        FormatSpec(
+            key="tflite_fp16",
+            path="model_fp16.tflite",
+            kind="tflite",
+            precision="float16",
+            runtime="litert",
+            flag="fp16",
+            required=False,
+            platform="litert_tflite",
+        ),
+        FormatSpec(
+            key="tflite_int8",
+            path="model_int8.tflite",
+            kind="tflite",
+            precision="int8",
+            runtime="litert",
+            flag="int8",
+            required=False,
+            platform="litert_tflite",
+        ),
+    )
+}
+#: The runtimes, each with the format a server runs by default (its first required row).
+RUNTIMES: dict[str, FormatSpec] = {}
+for _spec in FORMATS.values():
+    if _spec.required:
+        RUNTIMES.setdefault(_spec.runtime, _spec)
+SAVED_MODEL = FORMATS["saved_model"]
+TFLITE_FP32 = FORMATS["tflite_fp32"]
+
+
+def served_format(runtime: str, litert_file: str | None = None) -> FormatSpec:
+    """The format a server of ``runtime`` runs: its default, or the LiteRT file it was told.
+
+    Raises:
+        ValueError: an unknown runtime.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    default = RUNTIMES[runtime]
+    if litert_file is None or default.kind != "tflite" or litert_file == default.path:
+        return default
+    known = [f for f in FORMATS.values() if f.path == litert_file and f.runtime == runtime]
+    return known[0] if known else dataclasses.replace(default, key=litert_file, path=litert_file)
 
 
 class ArtifactError(Exception):
@@ -270,17 +392,56 @@ def verify_files(version_dir: Path, manifest: Manifest) -> None:
             raise ArtifactError(version_dir / fmt.path, "format file has no checksum in manifest")
 
 
-def load_verified(version_dir: Path) -> Manifest:
-    """Read the manifest and check every checksum: what a server does before trusting a model."""
+def load_verified(
+    version_dir: Path, runtime: str | None = None, litert_file: str | None = None
+) -> Manifest:
+    """The one check of a version before it is trusted: its manifest, and every checksum.
+
+    Args:
+        version_dir: ``models/NAME/VERSION``; the manifest must name this folder.
+        runtime: None checks the whole version (every listed file must be there): what export,
+            ``handserve verify`` and the tools do. A runtime name checks what a server of that
+            runtime trusts: the files it runs must be there and listed, every other file that
+            is there must match, and absent ones may be absent (a Bento packs only what its
+            runtime reads, see ``bentofile.yaml``).
+        litert_file: the ``.tflite`` a LiteRT server runs (default: :data:`TFLITE_FP32`'s).
+
+    Raises:
+        ArtifactError: naming the missing or changed file, or a manifest for another folder.
+        ValueError: an unknown runtime.
+    """
+    version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
-    expected = (validate_name(manifest.name), manifest.version)
-    actual = (Path(version_dir).parent.name, Path(version_dir).name)
-    if (expected[0], str(expected[1])) != actual:
+    said = (validate_name(manifest.name), str(manifest.version))
+    if said != (version_dir.parent.name, version_dir.name):
         raise ArtifactError(
-            Path(version_dir) / MANIFEST,
-            f"manifest says {expected[0]}/{expected[1]} but the folder is {actual[0]}/{actual[1]}",
+            version_dir / MANIFEST,
+            f"manifest says {said[0]}/{said[1]} but the folder is "
+            f"{version_dir.parent.name}/{version_dir.name}",
         )
-    verify_files(version_dir, manifest)
+    if runtime is None:
+        verify_files(version_dir, manifest)
+        return manifest
+    listed = {e.path for e in manifest.files}
+    for path in served_format(runtime, litert_file).files(manifest):
+        if path not in listed:
+            raise ArtifactError(
+                version_dir / path, f"{runtime} needs it, but the manifest has no checksum for it"
+            )
+        if not (version_dir / path).is_file():
+            raise ArtifactError(version_dir / path, f"{runtime} needs it, but it is missing")
+    present = [e for e in manifest.files if (version_dir / e.path).is_file()]
+    here = {e.path for e in present}
+    verify_files(
+        version_dir,
+        dataclasses.replace(
+            manifest,
+            files=present,
+            formats={
+                k: f for k, f in manifest.formats.items() if f.path in here or f.kind != "tflite"
+            },
+        ),
+    )
     return manifest
 
 
@@ -294,6 +455,14 @@ def list_versions(models_dir: Path, name: str) -> list[int]:
     if not root.is_dir():
         return []
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
+
+
+def _reserved_versions(models_dir: Path, name: str) -> list[int]:
+    """Version numbers held by staging folders (exports under way, or killed mid-way)."""
+    root = Path(models_dir) / name
+    if not root.is_dir():
+        return []
+    return [int(m.group(1)) for p in root.iterdir() if (m := _STAGING_RE.match(p.name))]
 
 
 def list_models(models_dir: Path) -> dict[str, list[int]]:
@@ -330,7 +499,8 @@ def version_dir(models_dir: Path, name: str, version: int | None = None) -> Path
 
 @contextlib.contextmanager
 def staging(models_dir: Path, name: str) -> Iterator[Path]:
-    """A hidden temporary folder beside ``models/NAME/`` versions, removed on any failure.
+    """A hidden temporary folder beside ``models/NAME/`` versions, removed on any failure, for a
+    caller that picks the version number itself (exports use :func:`staging_version`).
 
     The caller writes the version into it and then calls :func:`publish`. If the block raises
     (or the process is interrupted, including by KeyboardInterrupt) the folder is deleted and no
@@ -347,18 +517,72 @@ def staging(models_dir: Path, name: str) -> Iterator[Path]:
 
 
 def next_version(models_dir: Path, name: str) -> int:
-    return (latest_version(models_dir, name) or 0) + 1
+    """One above every published and every reserved number: numbers only grow."""
+    taken = list_versions(models_dir, name) + _reserved_versions(models_dir, name)
+    return max(taken, default=0) + 1
+
+
+@contextlib.contextmanager
+def staging_version(models_dir: Path, name: str) -> Iterator[tuple[Path, int]]:
+    """A staging folder that reserves the next version number, removed on any failure.
+
+    The folder is ``models/NAME/.staging-N``: ``mkdir`` is atomic, so of two exporters that
+    pick the same N at once one gets it and the other takes the next number, and every
+    concurrent export of a name publishes, each under its own version. The caller writes the
+    version into the folder (knowing N, which the manifest and embedded metadata record) and
+    calls :func:`publish`. A folder left by a killed export keeps its number unused.
+    """
+    root = Path(models_dir) / validate_name(name)
+    _mkdirs_readable(root)
+    while True:
+        version = next_version(models_dir, name)
+        tmp = root / f".staging-{version}"
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            continue  # another export reserved it a moment ago
+        if (root / str(version)).exists():  # its holder published it before we looked
+            tmp.rmdir()
+            continue
+        break
+    try:
+        yield tmp, version
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mkdirs_readable(folder: Path) -> None:
+    """``mkdir -p`` whose new folders are 0755 whatever the umask, so a server running as
+    another user can reach the versions inside (folders that exist are left as they are)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+            path.chmod(DIR_MODE)
+
+
+def _make_readable(folder: Path) -> None:
+    """Directories 0755 and files 0644 below ``folder``, whatever the umask or ``mkdtemp`` set."""
+    folder.chmod(DIR_MODE)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
 
 
 def publish(tmp: Path, models_dir: Path, name: str, version: int) -> Path:
-    """Rename a finished staging folder to ``models/NAME/VERSION`` in one step.
+    """Make a finished staging folder readable by all and rename it to ``models/NAME/VERSION``.
 
-    ``os.rename`` onto an existing non-empty folder fails, so two concurrent exports cannot
-    overwrite each other: the loser gets an error rather than a silently replaced version.
+    The rename is one step, and ``os.rename`` onto an existing non-empty folder fails, so two
+    exports can never overwrite each other (with :func:`staging_version` they never collide).
     """
     target = Path(models_dir) / name / str(version)
     if target.exists():
         raise ArtifactError(target, "version already exists; versions are immutable")
+    _make_readable(Path(tmp))
     try:
         os.rename(tmp, target)
     except OSError as exc:  # another export published this number between check and rename

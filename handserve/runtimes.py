@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from handserve import artifacts
 from handserve.artifacts import ArtifactError, FormatEntry, Manifest
 
 #: Largest batch handed to a runtime in one call; longer inputs are split (memory stays bounded).
@@ -35,7 +36,7 @@ MAX_CALL_BATCH = 64
 class Runtime(Protocol):
     """What callers need from a model runner."""
 
-    name: str  # "litert" or "savedmodel": also a metric label
+    name: str  # a key of handserve.artifacts.RUNTIMES: also a metric label
     file: str  # the file or folder it runs, relative to the version folder
     input_shape: tuple[int, ...]  # (H, W, C)
     instances: int  # model calls that may run at once (callers split long inputs over them)
@@ -103,7 +104,8 @@ def choose_runtime_name(requested: str, *, import_tensorflow: bool = True) -> st
     """``auto`` resolves to SavedModel on a visible GPU, else LiteRT."""
     if requested != "auto":
         return requested
-    return "savedmodel" if gpu_visible(import_tensorflow=import_tensorflow) else "litert"
+    gpu = gpu_visible(import_tensorflow=import_tensorflow)
+    return (SavedModelRuntime if gpu else LiteRTRuntime).name
 
 
 def _padded_size(n: int) -> int:
@@ -166,7 +168,7 @@ class LiteRTRuntime:
     itself and integer outputs dequantized, so callers always pass raw pixels and get floats.
     """
 
-    name = "litert"
+    name = artifacts.TFLITE_FP32.runtime
 
     def __init__(self, path: Path, *, num_threads: int | None = 1, instances: int = 1) -> None:
         self.path = Path(path)
@@ -227,11 +229,12 @@ def _quant(detail: dict[str, Any]) -> tuple[float, int]:
 class SavedModelRuntime:
     """A TensorFlow SavedModel through ``serving_default``, as TensorFlow Serving would call it."""
 
-    name = "savedmodel"
-    file = "saved_model"
+    name = artifacts.SAVED_MODEL.runtime
+    file = artifacts.SAVED_MODEL.path
     instances = 1  # one call uses every core (or the GPU); callers batch instead
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, num_threads: int | None = None, instances: int = 1) -> None:
+        """``num_threads`` and ``instances`` are LiteRT's; TensorFlow sizes its own pools."""
         import tensorflow as tf
 
         self._tf = tf
@@ -262,16 +265,21 @@ class SavedModelRuntime:
         return np.concatenate(outs).astype(np.float32, copy=False)
 
 
+#: The class of each runtime of :data:`handserve.artifacts.RUNTIMES`, by name.
+RUNTIMES: dict[str, type[LiteRTRuntime] | type[SavedModelRuntime]] = {
+    cls.name: cls for cls in (LiteRTRuntime, SavedModelRuntime)
+}
+
+
 def open_format(
     version_dir: Path, entry: FormatEntry, *, num_threads: int | None = None, instances: int = 1
 ) -> LiteRTRuntime | SavedModelRuntime:
     """The runtime for one format of a manifest (what verify and the export's parity use)."""
     path = Path(version_dir) / entry.path
-    if entry.kind == "saved_model":
-        return SavedModelRuntime(path)
-    if entry.kind == "tflite":
-        return LiteRTRuntime(path, num_threads=num_threads, instances=instances)
-    raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
+    runners = {f.kind: RUNTIMES[f.runtime] for f in artifacts.FORMATS.values()}
+    if entry.kind not in runners:
+        raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
+    return runners[entry.kind](path, num_threads=num_threads, instances=instances)
 
 
 def open_runtime(
@@ -279,7 +287,7 @@ def open_runtime(
     manifest: Manifest,
     *,
     runtime: str,
-    litert_file: str = "model.tflite",
+    litert_file: str | None = None,
     num_threads: int | None = 1,
     instances: int = 1,
 ) -> LiteRTRuntime | SavedModelRuntime:
@@ -287,22 +295,17 @@ def open_runtime(
 
     Raises:
         ArtifactError: the file is missing, not listed in the manifest, or takes another shape.
-        ValueError: ``runtime`` is neither ``litert`` nor ``savedmodel``.
+        ValueError: ``runtime`` is not one of :data:`RUNTIMES`.
     """
     version_dir = Path(version_dir)
-    built: LiteRTRuntime | SavedModelRuntime
-    if runtime == "litert":
-        if litert_file not in {e.path for e in manifest.files}:
-            raise ArtifactError(
-                version_dir / litert_file, "this LiteRT file has no checksum in the manifest"
-            )
-        built = LiteRTRuntime(
-            version_dir / litert_file, num_threads=num_threads, instances=instances
+    served = artifacts.served_format(runtime, litert_file)
+    if served.kind == "tflite" and served.path not in {e.path for e in manifest.files}:
+        raise ArtifactError(
+            version_dir / served.path, "this LiteRT file has no checksum in the manifest"
         )
-    elif runtime == "savedmodel":
-        built = SavedModelRuntime(version_dir / "saved_model")
-    else:
-        raise ValueError(f"unknown runtime {runtime!r}")
+    built = RUNTIMES[runtime](
+        version_dir / served.path, num_threads=num_threads, instances=instances
+    )
     if tuple(built.input_shape) != manifest.input.shape:
         raise ArtifactError(
             version_dir / built.file,

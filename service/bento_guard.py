@@ -2,8 +2,9 @@
 
 ``models/*`` is ignored by git, so ``bentoml build`` on a clean checkout would pack an empty
 models folder and every pod of that image would stay unready. ``bentoml build`` imports the
-service module to read its definition; :func:`refuse_empty_build` (called when
-:mod:`service.registry` is imported) finds BentoML's ``Bento.create`` on the call stack, reads
+service module to read its definition, the only moment a build runs project code; so
+:mod:`service.service` calls :func:`refuse_empty_build` at import (and nothing else does). It
+finds BentoML's ``Bento.create`` on the call stack, reads
 the Bento's environment from its build config (``HANDSERVE_RUNTIME``, ``HANDSERVE_LITERT_FILE``)
 and checks the build context's ``models/`` the way the packaged server will: at least one
 model whose manifest and runtime files verify. Anywhere else (``bentoml serve``, tests, the
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from handserve import artifacts
+from handserve.runtimes import LiteRTRuntime
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,11 @@ class BuildTarget:
 
     @property
     def runtime(self) -> str:
-        return self.envs.get("HANDSERVE_RUNTIME", "litert")
+        return self.envs.get("HANDSERVE_RUNTIME", LiteRTRuntime.name)
 
     @property
-    def litert_file(self) -> str:
-        return self.envs.get("HANDSERVE_LITERT_FILE", "model.tflite")
+    def litert_file(self) -> str | None:
+        return self.envs.get("HANDSERVE_LITERT_FILE")
 
 
 def building_bento(frame: FrameType | None = None) -> BuildTarget | None:
@@ -68,15 +70,14 @@ def building_bento(frame: FrameType | None = None) -> BuildTarget | None:
     return None
 
 
-def servable(models_dir: Path, runtime: str, litert_file: str) -> dict[str, str]:
-    """``{"name/version": ""}`` for each latest version that verifies, else the reason."""
-    from service.registry import load_for_runtime  # the server's own check
-
+def servable(models_dir: Path, runtime: str, litert_file: str | None) -> dict[str, str]:
+    """``{"name/version": ""}`` for each latest version that verifies, else the reason (the
+    server's own check, :func:`handserve.artifacts.load_verified`)."""
     out = {}
     for name, versions in artifacts.list_models(models_dir).items():
         key = f"{name}/{versions[-1]}"
         try:
-            load_for_runtime(models_dir / name / str(versions[-1]), runtime, litert_file)
+            artifacts.load_verified(models_dir / name / str(versions[-1]), runtime, litert_file)
             out[key] = ""
         except (artifacts.ArtifactError, OSError, ValueError) as exc:
             out[key] = str(exc)

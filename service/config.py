@@ -27,9 +27,11 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from handserve import configs
+from handserve import artifacts, configs
 from handserve.images import DEFAULT_MAX_PIXELS
 
+#: "auto" or a runtime of handserve.artifacts.RUNTIMES (a Literal, so pydantic and mypy check
+#: it; tests/unit/test_model_folder.py checks that the two lists agree).
 Runtime = Literal["auto", "litert", "savedmodel"]
 ENV_PREFIX = "HANDSERVE_"
 CONFIG_ENV = "HANDSERVE_CONFIG"
@@ -61,7 +63,8 @@ class ServiceConfig(BaseSettings):
     runtime: Runtime = Field(default="auto", description="auto, litert or savedmodel")
     # float32 is the exact export; int8 measured slower on these CPUs (docs/service.md).
     litert_file: str = Field(
-        default="model.tflite", description="which .tflite of the version folder LiteRT runs"
+        default=artifacts.TFLITE_FP32.path,
+        description="which .tflite of the version folder LiteRT runs",
     )
     # LiteRT runs requests side by side in worker processes (one per core, see `workers`),
     # each single-threaded. A second interpreter per worker lets one long /predict_batch

@@ -14,7 +14,6 @@ same way and switched to with :meth:`ModelRegistry.switch`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -28,8 +27,7 @@ import numpy as np
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, Manifest
 from handserve.images import ImageSpec
-from handserve.runtimes import Runtime, choose_runtime_name, open_runtime
-from service import bento_guard
+from handserve.runtimes import LiteRTRuntime, Runtime, choose_runtime_name, open_runtime
 from service.config import ServiceConfig
 from service.errors import ApiError
 
@@ -61,59 +59,6 @@ class RefusedModel:
     name: str
     version: int | None
     reason: str
-
-
-def runtime_files(manifest: Manifest, runtime: str, litert_file: str) -> list[str]:
-    """The files of a version that ``runtime`` reads (besides ``manifest.json``)."""
-    listed = [e.path for e in manifest.files]
-    if runtime == "litert":
-        return [litert_file]
-    if runtime == "savedmodel":
-        return [p for p in listed if p.startswith("saved_model/")] or ["saved_model/saved_model.pb"]
-    return listed  # "auto" before it is resolved: everything
-
-
-def load_for_runtime(version_dir: Path, runtime: str, litert_file: str) -> Manifest:
-    """Read the manifest and check the checksum of every file that is present; the files the
-    runtime reads must be present and listed.
-
-    A Bento carries only what its runtime reads (``bentofile.yaml``), so the others may be
-    absent; a file that is there but differs from the manifest is refused all the same.
-
-    Raises:
-        ArtifactError: naming the missing or changed file, or a manifest for another folder.
-    """
-    version_dir = Path(version_dir)
-    manifest = artifacts.read_manifest(version_dir)
-    said = (artifacts.validate_name(manifest.name), str(manifest.version))
-    if said != (version_dir.parent.name, version_dir.name):
-        raise ArtifactError(
-            version_dir / artifacts.MANIFEST,
-            f"manifest says {said[0]}/{said[1]} but the folder is "
-            f"{version_dir.parent.name}/{version_dir.name}",
-        )
-    listed = {e.path for e in manifest.files}
-    needed = runtime_files(manifest, runtime, litert_file)
-    for path in needed:
-        if path not in listed:
-            raise ArtifactError(
-                version_dir / path, f"{runtime} needs it, but the manifest has no checksum for it"
-            )
-        if not (version_dir / path).is_file():
-            raise ArtifactError(version_dir / path, f"{runtime} needs it, but it is missing")
-    present = [e for e in manifest.files if (version_dir / e.path).is_file()]
-    here = {e.path for e in present}
-    artifacts.verify_files(
-        version_dir,
-        dataclasses.replace(
-            manifest,
-            files=present,
-            formats={
-                k: f for k, f in manifest.formats.items() if f.path in here or f.kind != "tflite"
-            },
-        ),
-    )
-    return manifest
 
 
 def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
@@ -240,7 +185,7 @@ class ModelRegistry:
     def _load_one(self, root: Path, name: str, version: int) -> LoadedModel:
         vdir = artifacts.version_dir(root, name, version)
         assert self.runtime_name is not None
-        manifest = load_for_runtime(vdir, self.runtime_name, self.cfg.litert_file)
+        manifest = artifacts.load_verified(vdir, self.runtime_name, self.cfg.litert_file)
         runtime = open_runtime(
             vdir,
             manifest,
@@ -249,7 +194,7 @@ class ModelRegistry:
             num_threads=self.cfg.num_threads,
             instances=self.cfg.interpreters,
         )
-        file = runtime.file if runtime.name == "litert" else "saved_model/saved_model.pb"
+        file = artifacts.served_format(self.runtime_name, self.cfg.litert_file).main_file
         sha = next((e.sha256 for e in manifest.files if e.path == file), "")
         model = LoadedModel(name, version, manifest, runtime, vdir, sha)
         self.warm_up(model)
@@ -270,7 +215,7 @@ class ModelRegistry:
         graph per shape; doing it here keeps that cost out of the first requests.
         """
         shape = model.manifest.input.shape
-        if model.runtime.name == "litert":
+        if model.runtime.name == LiteRTRuntime.name:
             # Single images and the common small batches; a larger batch builds its interpreter
             # on first use (tens of ms) rather than every worker holding its memory from start.
             sizes, copies = [1, min(8, self.cfg.max_batch_images)], self.cfg.interpreters
@@ -379,8 +324,3 @@ class ModelRegistry:
                 {"name": r.name, "version": r.version, "reason": r.reason} for r in self.refused
             ],
         }
-
-
-# `bentoml build` imports this module (through the service): a Bento with nothing to serve is
-# refused here, unless HANDSERVE_ALLOW_EMPTY_BENTO is set (service/bento_guard.py).
-bento_guard.refuse_empty_build()

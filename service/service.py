@@ -38,10 +38,10 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 import handserve
-from handserve.runtimes import available_cpus, choose_runtime_name
+from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
+from service import bento_guard, v2, v2_wire
 from service import metrics as metrics_mod
 from service import reload as model_reload
-from service import v2, v2_wire
 from service.config import ServiceConfig, load_service_config
 from service.errors import (
     STATUS,
@@ -64,13 +64,20 @@ from service.schemas import (
 
 log = logging.getLogger("handserve.service")
 
+# `bentoml build` imports this module to read the service definition, the only moment a build
+# runs project code: a Bento with nothing to serve is refused here, unless
+# HANDSERVE_ALLOW_EMPTY_BENTO is set (service/bento_guard.py). Anywhere else it does nothing.
+bento_guard.refuse_empty_build()
+
+# Read at import because BentoML's decorator below takes the worker count, threads and timeout
+# as arguments; __init__ reads nothing more from here than these.
 CONFIG = load_service_config()
 # Decided from the device node alone: the `bentoml serve` process imports this module too and
 # must not load TensorFlow just to count its workers.
 RUNTIME = choose_runtime_name(CONFIG.runtime, import_tensorflow=False)
 #: LiteRT: a worker process per usable core (each runs its own requests); SavedModel: one
 #: process whose batches use the whole machine (or the GPU).
-WORKERS = CONFIG.workers or (1 if RUNTIME == "savedmodel" else available_cpus())
+WORKERS = CONFIG.workers or (1 if SavedModelRuntime.name == RUNTIME else available_cpus())
 STATIC_DIR = Path(__file__).parent / "static"
 
 app = FastAPI(
@@ -161,7 +168,7 @@ class HandServe:
 
     def _make_engine(self) -> Engine:
         """Batching where it pays (SavedModel), parallel interpreters where it does not."""
-        if self.registry.runtime_name == "savedmodel":
+        if self.registry.runtime_name == SavedModelRuntime.name:
             return BatchingEngine(
                 self.cfg.max_batch_size,
                 self.cfg.max_latency_ms,

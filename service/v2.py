@@ -28,6 +28,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from handserve import artifacts
 from handserve.artifacts import Manifest
 from service.errors import ApiError
 from service.parsing import b64decode
@@ -130,7 +131,7 @@ def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) ->
     return {
         "name": name,
         "versions": [str(version)],
-        "platform": "tensorflow_savedmodel" if runtime == "savedmodel" else "litert_tflite",
+        "platform": artifacts.RUNTIMES[runtime].platform,
         "inputs": [
             {"name": TENSOR_INPUT, "datatype": "UINT8", "shape": shape},
             {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},

@@ -21,6 +21,7 @@ from sklearn import metrics as skm
 from handserve import artifacts
 from handserve.configs import ConfigError
 from handserve.images import channels_for
+from training import run_folder
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,8 @@ def find_model_file(target: Path) -> Path:
     """A run folder, a ``models/NAME/VERSION`` folder or a ``.keras`` file → the ``.keras`` file."""
     if target.is_file() and target.suffix == ".keras":
         return target
-    if target.is_dir() and (target / "model.keras").is_file():
-        return target / "model.keras"
+    if target.is_dir() and (target / run_folder.MODEL).is_file():
+        return target / run_folder.MODEL
     raise ConfigError(f"{target}: not a model.keras file or a folder holding model.keras")
 
 
@@ -220,7 +221,7 @@ def evaluate(target: Path, cfg: TrainConfig) -> dict[str, Any]:
     model_file = find_model_file(target)
     model = keras.saving.load_model(model_file, compile=False)
     want = tuple(int(v) for v in model.input_shape[1:])
-    labels_file = model_file.parent / "labels.txt"
+    labels_file = model_file.parent / run_folder.LABELS
     labels = artifacts.read_labels(labels_file) if labels_file.is_file() else None
     if cfg.dataset == "folder":
         name, source, metrics = _score_folder(model, model_file, cfg, labels)

@@ -53,13 +53,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-SAVED_MODEL_KEY = "saved_model"
-SAVED_MODEL_DIR = "saved_model"
+SAVED_MODEL = artifacts.SAVED_MODEL
 #: Formats a version cannot be published without: what the service runs (``model.tflite`` on
 #: CPU, the SavedModel on GPU). Any other format that misses its parity bound is left out.
-REQUIRED_FORMATS = (SAVED_MODEL_KEY, "tflite_fp32")
-#: ``--formats`` names: the LiteRT files an export may build.
-FORMAT_CHOICES = {"fp32": "tflite_fp32", "fp16": "tflite_fp16", "int8": "tflite_int8"}
+REQUIRED_FORMATS = tuple(k for k, f in artifacts.FORMATS.items() if f.required)
+#: ``--formats`` names: the LiteRT files an export may build (the table's ``flag`` column).
+FORMAT_CHOICES = {f.flag: k for k, f in artifacts.FORMATS.items() if f.flag}
 #: Name of the SavedModel signature's input and output tensors.
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -81,7 +80,7 @@ def _load_model(run: FinishedRun) -> Any:
     """Load ``model.keras`` and check it takes the contract's shape and outputs one prob/label."""
     import keras
 
-    path = run.path / "model.keras"
+    path = run.path / run_folder.MODEL
     model = keras.models.load_model(path, compile=False)
     got_in = tuple(model.input_shape[1:])
     if got_in != run.contract.shape:
@@ -145,7 +144,7 @@ def export_run(
             the run's ``samples.npz``.
         num_threads: LiteRT interpreter threads for the parity run.
         formats: manifest keys of the LiteRT files to build (default: all of
-            :data:`TFLITE_FORMATS`); ``tflite_fp32`` is always built.
+            :data:`TFLITE_FORMATS`); the :data:`REQUIRED_FORMATS` are always built.
 
     Raises:
         ExportError: the run folder is incomplete, a conversion used Flex ops, or a required
@@ -156,13 +155,12 @@ def export_run(
     artifacts.validate_name(name)
     run = read_run(run_dir)
     model = _load_model(run)
-    with artifacts.staging(models_dir, name) as tmp:
-        version = artifacts.next_version(models_dir, name)
+    with artifacts.staging_version(models_dir, name) as (tmp, version):
         log.info("exporting %s as %s/%d", run.path, name, version)
         _copy_run_files(run, tmp)
 
-        write_saved_model(model, tmp / SAVED_MODEL_DIR, run.contract)
-        wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), "tflite_fp32"}
+        write_saved_model(model, tmp / SAVED_MODEL.path, run.contract)
+        wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), *REQUIRED_FORMATS}
         built = _build_tflite(tmp, run, name, version, wanted)
         evaluation: dict[str, Any] | None = None
         if verify:
@@ -192,17 +190,19 @@ def _build_tflite(
     tmp: Path, run: FinishedRun, name: str, version: int, wanted: set[str]
 ) -> dict[str, FormatEntry]:
     """The SavedModel's entry and every wanted LiteRT file: converted, checked, labelled."""
-    saved = FormatEntry(path=SAVED_MODEL_DIR, kind="saved_model", precision="float32")
-    built: dict[str, FormatEntry] = {SAVED_MODEL_KEY: saved}
+    saved = FormatEntry(
+        path=SAVED_MODEL.path, kind=SAVED_MODEL.kind, precision=SAVED_MODEL.precision
+    )
+    built: dict[str, FormatEntry] = {SAVED_MODEL.key: saved}
     calibration = RunFolder(run.path).read_calibration()
     for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
-        log.info("converting %s", spec.filename)
-        data, entry = convert_tflite(tmp / SAVED_MODEL_DIR, spec.precision, calibration)
-        path = tmp / spec.filename
+        log.info("converting %s", spec.path)
+        data, entry = convert_tflite(tmp / SAVED_MODEL.path, spec.precision, calibration)
+        path = tmp / spec.path
         path.write_bytes(data)
         ops = check_builtin_only(path)
-        log.info("%s: %d bytes, operators %s", spec.filename, len(data), ", ".join(ops))
-        entry = dataclasses.replace(entry, path=spec.filename)
+        log.info("%s: %d bytes, operators %s", spec.path, len(data), ", ".join(ops))
+        entry = dataclasses.replace(entry, path=spec.path)
         embed_metadata(path, run.labels, _embedded_metadata(name, version, run, entry))
         check_tflite_file(path, run.labels)
         built[spec.key] = entry
@@ -255,7 +255,7 @@ def _keep_what_passes(
 def _copy_run_files(run: FinishedRun, dest: Path) -> None:
     for filename in (run_folder.MODEL, run_folder.LABELS, run_folder.SAMPLES):
         shutil.copy2(run.path / filename, dest / filename)
-    report = dest / "report"
+    report = dest / artifacts.REPORT_DIR
     report.mkdir()
     for filename in REPORT_FILES:
         if (run.path / filename).is_file():

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from handserve import artifacts
 from handserve.artifacts import FormatEntry
 
 #: Files of the zip archive appended to every ``.tflite`` (see docs/mobile.md).
@@ -26,21 +26,9 @@ class ExportError(Exception):
     """A run folder that cannot be exported, or a conversion that failed a check."""
 
 
-@dataclass(frozen=True)
-class TFLiteSpec:
-    """One LiteRT file an export writes: its manifest key, file name and precision."""
-
-    key: str
-    filename: str
-    precision: str  # "float32", "float16" or "int8"
-
-
-#: The LiteRT files, in the order they are converted. The manifest's ``formats`` uses these keys.
-TFLITE_FORMATS = (
-    TFLiteSpec("tflite_fp32", "model.tflite", "float32"),
-    TFLiteSpec("tflite_fp16", "model_fp16.tflite", "float16"),
-    TFLiteSpec("tflite_int8", "model_int8.tflite", "int8"),
-)
+#: The LiteRT files, in the order they are converted: the ``tflite`` rows of the model folder's
+#: format table (:data:`handserve.artifacts.FORMATS`).
+TFLITE_FORMATS = tuple(f for f in artifacts.FORMATS.values() if f.kind == "tflite")
 
 
 def convert_tflite(

@@ -30,9 +30,10 @@ METRICS = "metrics.json"
 BACKBONE = "backbone.json"
 CONFUSION_PNG = "confusion_matrix.png"
 CURVES_PNG = "learning_curves.png"
-LABELS = "labels.txt"
-MODEL = "model.keras"
-SAMPLES = "samples.npz"
+# The three files an export copies into the version folder keep the model folder's names.
+LABELS = artifacts.LABELS
+MODEL = artifacts.KERAS_MODEL
+SAMPLES = artifacts.SAMPLES
 CALIBRATION = "calibration.npz"
 #: Best-by-val_loss model written during training when ``cfg.checkpoint`` is on (not required).
 CHECKPOINT = "checkpoint.keras"
@@ -290,7 +291,7 @@ def data_defaults(folder: Path) -> dict[str, Any]:
     ``folder`` is a run folder (``dataset.json``) or a version folder (``report/dataset.json``);
     folder datasets have no native size, so evaluation defaults to the model's.
     """
-    for path in (folder / DATASET, folder / "report" / DATASET):
+    for path in (folder / DATASET, folder / artifacts.REPORT_DIR / DATASET):
         if path.is_file():
             info = DatasetInfo.from_json(RunFolder(path.parent).read_json(DATASET), path)
             return {"image_size": info.input_shape[0], "color_mode": info.color_mode}

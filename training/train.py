@@ -26,7 +26,7 @@ from handserve import artifacts, configs
 from handserve.configs import ConfigError
 from training import augment as augment_mod
 from training import evaluate as evaluate_mod
-from training import fitting
+from training import fitting, run_folder
 from training import model as model_mod
 from training.config import TrainConfig
 from training.data import Dataset, load_dataset
@@ -161,7 +161,7 @@ def _write_run(
     confusion: np.ndarray,
 ) -> None:
     """Every file of :data:`training.run_folder.RUN_FILES`; fails if one is missing after."""
-    model.save(run / "model.keras")
+    model.save(run / run_folder.MODEL)
     run.write_config(configs.to_dict(cfg))
     run.write_dataset(DatasetInfo.of(dataset))
     run.write_environment()

@@ -139,7 +139,7 @@ def check_parity(
     y: np.ndarray,
     *,
     keras_model: Any = None,
-    data: str = "samples.npz",
+    data: str = artifacts.SAMPLES,
     num_threads: int | None = None,
     speed_seconds: float = 0.0,
     runners: Mapping[str, Runner] | None = None,
@@ -161,12 +161,18 @@ def check_parity(
     """
     version_dir = Path(version_dir)
     if keras_model is None:
-        keras_model = load_keras(version_dir / "model.keras")
+        keras_model = load_keras(version_dir / artifacts.KERAS_MODEL)
     ref = predict_keras(keras_model, x)
     ref_top = ref.argmax(1)
     ref_acc = float(np.mean(ref_top == y))
     keras_row = FormatResult(
-        "keras", "model.keras", "float32", 1.0, 0.0, ref_acc, _size(version_dir / "model.keras")
+        "keras",
+        artifacts.KERAS_MODEL,
+        "float32",
+        1.0,
+        0.0,
+        ref_acc,
+        _size(version_dir / artifacts.KERAS_MODEL),
     )
     if speed_seconds:
         for batch in (1, 32):
@@ -298,9 +304,11 @@ def check_input_shapes(
     """
     version_dir = Path(version_dir)
     want = manifest.input.shape
-    model = keras_model if keras_model is not None else load_keras(version_dir / "model.keras")
+    model = (
+        keras_model if keras_model is not None else load_keras(version_dir / artifacts.KERAS_MODEL)
+    )
     shapes: list[tuple[Path, tuple[Any, ...]]] = [
-        (version_dir / "model.keras", tuple(model.input_shape[1:]))
+        (version_dir / artifacts.KERAS_MODEL, tuple(model.input_shape[1:]))
     ]
     for name, entry in manifest.formats.items():
         path = version_dir / entry.path
@@ -338,7 +346,7 @@ def load_test_split(
 
 def load_samples(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The labelled sample images a run saved and its versions carry (``samples.npz``)."""
-    path = Path(version_dir) / "samples.npz"
+    path = Path(version_dir) / artifacts.SAMPLES
     with np.load(path) as data:
         return data["x"], data["y"]
 
@@ -360,7 +368,7 @@ def verify_version(
     """
     version_dir = Path(version_dir)
     manifest = artifacts.load_verified(version_dir)
-    keras_model = load_keras(version_dir / "model.keras")
+    keras_model = load_keras(version_dir / artifacts.KERAS_MODEL)
     runners = {
         name: open_format(version_dir, entry, num_threads=num_threads)
         for name, entry in manifest.formats.items()
@@ -370,12 +378,12 @@ def verify_version(
         x, y, data = load_test_split(manifest.training, data_dir, dataset)
     else:
         x, y = load_samples(version_dir)
-        data = "samples.npz"
+        data = artifacts.SAMPLES
     if limit:
         x, y = x[:limit], y[:limit]
     if x.shape[1:] != manifest.input.shape:
         raise ArtifactError(
-            version_dir / "samples.npz" if not data_dir else Path(data_dir),
+            version_dir / artifacts.SAMPLES if not data_dir else Path(data_dir),
             f"images are {x.shape[1:]}, the model takes {manifest.input.shape}",
         )
     return check_parity(

@@ -253,3 +253,29 @@ def test_train_with_export_publishes_a_version(tmp_path: Path, capsys) -> None:
     assert out[-1] == f"export: {tmp_path / 'models' / 'digits' / '1'}"
     manifest = artifacts.load_verified(tmp_path / "models" / "digits" / "1")
     assert manifest.name == "digits" and "tflite_fp32" in manifest.formats
+
+
+def test_exports_of_one_name_started_together_all_publish(tiny_run: Path, tmp_path: Path) -> None:
+    """Two ``handserve export`` processes (two training Jobs on one volume): neither fails
+    after its conversion; each publishes its own version, complete and verifiable."""
+    import subprocess
+    import sys
+
+    models = tmp_path / "models"
+    cmd = [sys.executable, "-m", "handserve_cli", "export", str(tiny_run), "--name", "race"]
+    cmd += ["--models-dir", str(models), "--no-verify", "--formats", "fp32"]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    printed = sorted(out.strip().splitlines()[-1] for out, _ in outs)
+    assert printed == [str(models / "race" / "1"), str(models / "race" / "2")]
+    assert artifacts.list_versions(models, "race") == [1, 2]
+    for version in (1, 2):
+        manifest = artifacts.load_verified(models / "race" / str(version))
+        assert manifest.version == version
+        embedded = export.read_embedded(models / "race" / str(version) / "model.tflite")
+        assert embedded[1]["version"] == version  # the app sees the number it was published as
+    assert not list((models / "race").glob(".staging-*"))

@@ -108,7 +108,7 @@ def test_a_p95_over_the_threshold_fails_the_run(server: Any, tmp_path: Path) -> 
     """No real request answers in a microsecond: the latency gate must trip, exit code 1."""
     out = _locust(server, tmp_path, "-u", "2", "-r", "2", "-t", "3s", "--max-p95-ms", "0.001")
     assert out.returncode == 1, out.stderr[-3000:]
-    assert "(--max-p95-ms)" in out.stderr
+    assert "(--max-p95-ms)" in out.stderr, out.stderr[-3000:]
     assert "(--max-error-pct)" not in out.stderr
 
 
@@ -121,7 +121,7 @@ def test_an_error_rate_over_the_threshold_fails_the_run(server: Any, tmp_path: P
         env={"HANDSERVE_MODEL": "no-such-model", "LOCUST_MAX_ERROR_PCT": "1"},
     )
     assert out.returncode == 1, out.stderr[-3000:]
-    assert "(--max-error-pct)" in out.stderr
+    assert "(--max-error-pct)" in out.stderr, out.stderr[-3000:]
 
 
 def test_the_in_cluster_job_command_runs_and_writes_its_reports(

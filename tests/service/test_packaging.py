@@ -22,11 +22,10 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from handserve.artifacts import ArtifactError
+from handserve.artifacts import ArtifactError, load_verified
 from handserve.images import decode_image
 from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
-from service.registry import load_for_runtime
 from tests.fixtures_server import free_port, stop_server, wait_ready
 from tests.lockfile import REQUIREMENTS, pins
 from tests.service.helpers import REPO, corrupt, digit_png, running_server
@@ -129,15 +128,15 @@ def test_server_checks_every_present_file_and_needs_its_runtimes(
     version = tmp_path / "models" / "tiny" / "1"
     shutil.copytree(tiny_export, version)
     shutil.rmtree(version / "saved_model")
-    manifest = load_for_runtime(version, "litert", "model.tflite")
+    manifest = load_verified(version, "litert", "model.tflite")
     with pytest.raises(ArtifactError, match="savedmodel needs it, but it is missing"):
-        load_for_runtime(version, "savedmodel", "model.tflite")
+        load_verified(version, "savedmodel", "model.tflite")
     other = next(
         e.path for e in manifest.files if e.path != "model.tflite" and (version / e.path).is_file()
     )
     corrupt(version, other)  # a file LiteRT does not read, but which is there and changed
     with pytest.raises(ArtifactError, match="sha256 differs"):
-        load_for_runtime(version, "litert", "model.tflite")
+        load_verified(version, "litert", "model.tflite")
 
 
 @pytest.mark.slow
@@ -151,11 +150,11 @@ def test_cpu_bento_packs_only_what_litert_serving_reads(cpu_bento: Path) -> None
     # No saved_model/, model.keras, other .tflite files, report/, samples.npz or staging folder.
     assert model_files(cpu_bento) == {"README.md", "tiny/1/manifest.json", "tiny/1/model.tflite"}
     version = cpu_bento / "src" / "models" / "tiny" / "1"
-    assert load_for_runtime(version, "litert", "model.tflite").name == "tiny"
+    assert load_verified(version, "litert", "model.tflite").name == "tiny"
     with pytest.raises(ArtifactError, match="savedmodel needs it, but it is missing"):
-        load_for_runtime(version, "savedmodel", "model.tflite")
+        load_verified(version, "savedmodel", "model.tflite")
     with pytest.raises(ArtifactError, match="needs it, but it is missing"):
-        load_for_runtime(version, "litert", "model_fp16.tflite")
+        load_verified(version, "litert", "model_fp16.tflite")
     reqs = _bento_pins(cpu_bento, "bento-cpu.txt")
     assert set(PACKAGES) <= set(reqs)
     assert "tensorflow" not in reqs
@@ -176,7 +175,7 @@ def test_gpu_bento_adds_tensorflow_and_the_saved_model(tiny_export: Path, tmp_pa
         "tiny/1/manifest.json",
     }
     version = bento / "src" / "models" / "tiny" / "1"
-    assert load_for_runtime(version, "savedmodel", "model.tflite").name == "tiny"
+    assert load_verified(version, "savedmodel", "model.tflite").name == "tiny"
     reqs = _bento_pins(bento, "bento-gpu.txt")
     assert {"tensorflow", "nvidia-cudnn-cu12", *PACKAGES} - {"ai-edge-litert"} <= set(reqs)
 
@@ -240,6 +239,17 @@ def _fresh_venv(requirements: Path, where: Path) -> Path:
     return venv
 
 
+@pytest.fixture(scope="module")
+def bento_venv(cpu_bento: Path) -> Iterator[Path]:
+    """The CPU Bento's fresh environment, in a folder every user may read (as in the image)."""
+    root = Path(tempfile.mkdtemp(prefix="handserve-bento-venv-"))
+    try:
+        root.chmod(0o755)
+        yield _fresh_venv(cpu_bento / "env" / "python" / "requirements.txt", root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _serve_bento(venv: Path, bento: Path, scratch: Path, port: int) -> Iterator[Path]:
     """``bentoml serve`` of the Bento folder as the image runs it: its own environment
@@ -272,13 +282,15 @@ def _serve_bento(venv: Path, bento: Path, scratch: Path, port: int) -> Iterator[
 
 @pytest.mark.server
 @pytest.mark.slow
-def test_built_bento_serves_from_its_own_requirements_as_non_root(cpu_bento: Path) -> None:
+def test_built_bento_serves_from_its_own_requirements_as_non_root(
+    cpu_bento: Path, bento_venv: Path
+) -> None:
     """Stands in for the container: a fresh environment with only the Bento's requirements,
     uid 65534, a read-only Bento folder; it must start, turn ready and predict."""
     root = Path(tempfile.mkdtemp(prefix="handserve-bento-run-"))
     try:
-        root.chmod(0o755)  # the unprivileged user reads the Bento and the environment here
-        venv = _fresh_venv(cpu_bento / "env" / "python" / "requirements.txt", root)
+        root.chmod(0o755)  # the unprivileged user reads the Bento here
+        venv = bento_venv
         bento = root / "bento"
         shutil.copytree(cpu_bento, bento)
         subprocess.run(["chmod", "-R", "a+rX,a-w", str(bento)], check=True)
@@ -305,7 +317,7 @@ def test_built_bento_serves_from_its_own_requirements_as_non_root(cpu_bento: Pat
             )
         # The answer is the model's: the same file run here gives the same best class.
         version = bento / "src" / "models" / "tiny" / "1"
-        manifest = load_for_runtime(version, "litert", "model.tflite")
+        manifest = load_verified(version, "litert", "model.tflite")
         runtime = open_runtime(version, manifest, runtime="litert")
         pixels = decode_image(digit_png(4), manifest.input.image_spec)[None]
         scores = runtime.predict(pixels)[0]
@@ -364,3 +376,64 @@ def test_savedmodel_runtime_serves_the_same_answer_in_batches(server, tmp_path: 
     assert a.keys() == b.keys()
     for i in a:
         assert abs(a[i] - b[i]) < 1e-5
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_a_version_exported_by_one_user_serves_from_a_server_running_as_another(
+    tiny_run: Path, bento_venv: Path
+) -> None:
+    """A training Job and a Deployment (or a host folder and a container) with different uids:
+    exported by root under a strict umask, served by uid 65534 straight from the folder (with
+    the Bento's environment, which that user can run, and this checkout's service code)."""
+    if not _as_nobody():
+        pytest.skip("runs the server as another uid with setpriv, which needs root")
+    from training.export import export_run
+
+    root = Path(tempfile.mkdtemp(prefix="handserve-uid-"))
+    try:
+        root.chmod(0o755)
+        models = root / "models"
+        previous = os.umask(0o077)
+        try:
+            export_run(tiny_run, models, "tiny", verify=False, formats=("tflite_fp32",))
+        finally:
+            os.umask(previous)
+        scratch = root / "scratch"
+        scratch.mkdir()
+        os.chown(scratch, NOBODY, NOBODY)
+        port = free_port()
+        env = {
+            "PATH": f"{bento_venv / 'bin'}:/usr/bin:/bin",
+            "HOME": "/nonexistent",
+            "TMPDIR": str(scratch),
+            "BENTOML_HOME": str(scratch / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "PYTHONPATH": str(REPO),
+            "HANDSERVE_MODELS_DIR": str(models),
+            "HANDSERVE_RUNTIME": "litert",
+        }
+        python = str(bento_venv / "bin" / "python")
+        cmd = [python, "-m", "bentoml", "serve", "service.service:HandServe"]
+        with open(scratch / "server.log", "wb") as log:
+            proc = subprocess.Popen(
+                [*_as_nobody(), *cmd, "--port", str(port), "--host", "127.0.0.1"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            try:
+                wait_ready(url, proc, timeout=150)
+            except (RuntimeError, TimeoutError) as exc:
+                pytest.fail(f"{exc}:\n{(scratch / 'server.log').read_text()[-4000:]}")
+            r = requests.post(url + "/predict", files={"image": digit_png(4)}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert (r.json()["model"], r.json()["version"]) == ("tiny", 1)
+        finally:
+            stop_server(proc, timeout=20)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
