@@ -20,14 +20,16 @@ $(UV):
 venv: | $(UV)
 	$(UV) $(SYNC) --quiet
 
-## lock: re-resolve every dependency (and checkov's side environment) to the newest versions
+## lock: re-resolve every dependency (and the side environments of checkov and mediapipe) to the newest versions
 ## pyproject.toml allows, on purpose; re-export requirements/ and re-sync .venv (README).
 ## `make lock UPGRADE=` keeps every pin that still fits (after adding a dependency, say).
 UPGRADE ?= --upgrade
 lock: | $(UV)
 	$(UV) lock $(UPGRADE)
-	$(UV) pip compile --quiet $(UPGRADE) --universal --python-version 3.11 --no-header \
-	  requirements/checkov.in -o requirements/checkov.txt
+	for tool in checkov mediapipe; do \
+	  $(UV) pip compile --quiet $(UPGRADE) --universal --python-version 3.11 --no-header \
+	    requirements/$$tool.in -o requirements/$$tool.txt || exit 1; \
+	done
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/export-requirements.sh requirements
 	$(UV) $(SYNC)
 

@@ -207,6 +207,16 @@ class InputContract:
     def image_spec(self) -> ImageSpec:
         return ImageSpec(self.height, self.width, self.channels)
 
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        """Whether a file whose input tensor is ``shape`` (H, W, C) can run this contract's
+        images: the same size, and the same channels, or 3 for a grayscale contract (the mobile
+        files of a grayscale model take RGB, as task libraries feed it, and compute the luma in
+        their graph; a runtime repeats the grey channel for them, which gives it back exactly)."""
+        h, w, c = shape
+        return (h, w) == (self.height, self.width) and (
+            c == self.channels or (self.channels == 1 and c == 3)
+        )
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, self.channels)
@@ -240,6 +250,9 @@ class FormatEntry:
     output_scale: float | None = None
     output_zero_point: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # on the test split
+    #: The file's input tensor (H, W, C); None in versions exported before it was recorded,
+    #: which means the contract's shape. See InputContract.accepts.
+    input_shape: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,13 @@ class Manifest:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def input_shape_of(self, entry: FormatEntry) -> tuple[int, int, int]:
+        """The input tensor shape (H, W, C) of one of this version's formats."""
+        if entry.input_shape is None:
+            return self.input.shape
+        h, w, c = entry.input_shape
+        return (h, w, c)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -290,6 +310,14 @@ class Manifest:
             inp["value_range"] = tuple(inp.get("value_range", (0.0, 255.0)))
             contract = InputContract(**inp)
             formats = {k: FormatEntry(**v) for k, v in dict(data["formats"]).items()}
+            for key, entry in formats.items():
+                shape = entry.input_shape
+                if shape is not None and (
+                    not isinstance(shape, list)
+                    or len(shape) != 3
+                    or not all(isinstance(d, int) and d > 0 for d in shape)
+                ):
+                    raise ValueError(f"formats.{key}.input_shape must be [H, W, C], got {shape!r}")
             files = [FileEntry(**f) for f in data["files"]]
             version = data["version"]
             if not isinstance(version, int) or version <= 0:

@@ -188,7 +188,13 @@ class LiteRTRuntime:
         self.output_quant = _quant(out)
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """Raw pixels to the input tensor's type: a cast for float inputs, else quantized."""
+        """Raw pixels to the input tensor's type: a cast for float inputs, else quantized.
+
+        Grey images ``(N, H, W, 1)`` for a file that takes RGB (the mobile files of a grayscale
+        model, which compute the luma in their graph) get the grey channel three times: the
+        luma of (v, v, v) is v, so they give exactly the answer of the grey image."""
+        if x.shape[-1] == 1 and self.input_shape[-1] == 3:
+            x = np.repeat(x, 3, axis=-1)
         if self.input_dtype.kind == "f":
             return x.astype(self.input_dtype, copy=False)
         scale, zero = self.input_quant
@@ -306,10 +312,11 @@ def open_runtime(
     built = RUNTIMES[runtime](
         version_dir / served.path, num_threads=num_threads, instances=instances
     )
-    if tuple(built.input_shape) != manifest.input.shape:
+    entry = next((f for f in manifest.formats.values() if f.path == served.path), None)
+    want = manifest.input_shape_of(entry) if entry is not None else manifest.input.shape
+    if tuple(built.input_shape) != want or not manifest.input.accepts(want):
         raise ArtifactError(
             version_dir / built.file,
-            f"input shape {tuple(built.input_shape)} differs from the manifest's "
-            f"{manifest.input.shape}",
+            f"input shape {tuple(built.input_shape)} differs from the manifest's {want}",
         )
     return built

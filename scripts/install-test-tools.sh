@@ -8,24 +8,30 @@
 set -u
 cd "$(dirname "$0")/.." || exit 0
 
-# checkov: a separate venv, so its pins never touch .venv (pip install --dry-run checkov into
-# .venv would downgrade packaging, platformdirs, importlib_metadata, ...). Exactly the versions of
-# requirements/checkov.txt (`make lock` compiles it), re-installed whenever that file changes; uv
-# is the one `make` put into .venv.
-SCAN=.cache/venv-scan
-PINS=requirements/checkov.txt
+# Side environments: tools whose pins clash with .venv's (TensorFlow's numpy and protobuf), each
+# in a virtualenv of its own with exactly the versions of its requirements/*.txt (`make lock`
+# compiles them), re-installed whenever that file changes; uv is the one `make` put into .venv.
+#   checkov   -> .cache/venv-scan       the policy scan of k8s/ (pip install --dry-run checkov into
+#                                       .venv would downgrade packaging, platformdirs, ...)
+#   mediapipe -> .cache/venv-mediapipe  MediaPipe Tasks, the on-device task library, opening the
+#                                       exported .tflite files as apps do
 UV=.venv/bin/uv
-if ! cmp -s "$PINS" "$SCAN/installed-requirements.txt"; then
-  echo "install-test-tools: installing checkov ($PINS) into $SCAN" >&2
-  rm -rf "$SCAN"
+side_env() {  # side_env VENV PINS WHAT
+  local venv=$1 pins=$2 what=$3
+  cmp -s "$pins" "$venv/installed-requirements.txt" && return 0
+  echo "install-test-tools: installing $what ($pins) into $venv" >&2
+  rm -rf "$venv"
   if [ -x "$UV" ]; then
-    { "$UV" venv --quiet --python python3 "$SCAN" \
-        && "$UV" pip install --quiet --python "$SCAN/bin/python" -r "$PINS"; } >/dev/null 2>&1
+    { "$UV" venv --quiet --python python3 "$venv" \
+        && "$UV" pip install --quiet --python "$venv/bin/python" -r "$pins"; } >/dev/null 2>&1
   else
-    { python3 -m venv "$SCAN" && "$SCAN/bin/pip" install --quiet -r "$PINS"; } >/dev/null 2>&1
-  fi && cp "$PINS" "$SCAN/installed-requirements.txt" \
-    || echo "install-test-tools: checkov install failed; the policy scan test will skip" >&2
-fi
+    { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet -r "$pins"; } >/dev/null 2>&1
+  fi && cp "$pins" "$venv/installed-requirements.txt" && return 0
+  rm -rf "$venv"
+  echo "install-test-tools: $what install failed; the tests needing it will skip" >&2
+}
+side_env .cache/venv-scan requirements/checkov.txt checkov
+side_env .cache/venv-mediapipe requirements/mediapipe.txt mediapipe
 
 need=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)

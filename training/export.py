@@ -26,6 +26,8 @@ from handserve.artifacts import FormatEntry, InputContract, Manifest
 from training import run_folder
 from training import verify as verify_mod
 from training.litert import (
+    EMBEDDED_LABELS,
+    EMBEDDED_METADATA,
     TFLITE_FORMATS,
     ExportError,
     check_builtin_only,
@@ -37,6 +39,7 @@ from training.litert import (
     read_embedded,
 )
 from training.run_folder import REPORT_FILES, FinishedRun, RunFolder, RunFolderError
+from training.tflite_metadata import ImageModelInfo
 
 __all__ = [
     "TFLITE_FORMATS",
@@ -161,7 +164,7 @@ def export_run(
 
         write_saved_model(model, tmp / SAVED_MODEL.path, run.contract)
         wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), *REQUIRED_FORMATS}
-        built = _build_tflite(tmp, run, name, version, wanted)
+        built = _build_tflite(tmp, run, model, name, version, wanted)
         evaluation: dict[str, Any] | None = None
         if verify:
             built, evaluation = _keep_what_passes(
@@ -187,23 +190,38 @@ def export_run(
 
 
 def _build_tflite(
-    tmp: Path, run: FinishedRun, name: str, version: int, wanted: set[str]
+    tmp: Path, run: FinishedRun, model: Any, name: str, version: int, wanted: set[str]
 ) -> dict[str, FormatEntry]:
-    """The SavedModel's entry and every wanted LiteRT file: converted, checked, labelled."""
+    """The SavedModel's entry and every wanted LiteRT file: converted, checked, labelled.
+
+    The LiteRT files of a grayscale model take RGB and compute the luma in their graph (task
+    libraries on phones feed RGB); the SavedModel keeps the contract's one channel.
+    """
     saved = FormatEntry(
-        path=SAVED_MODEL.path, kind=SAVED_MODEL.kind, precision=SAVED_MODEL.precision
+        path=SAVED_MODEL.path,
+        kind=SAVED_MODEL.kind,
+        precision=SAVED_MODEL.precision,
+        input_shape=list(run.contract.shape),
     )
     built: dict[str, FormatEntry] = {SAVED_MODEL.key: saved}
     calibration = RunFolder(run.path).read_calibration()
+    gray_model = model if run.contract.channels == 1 else None
     for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
         log.info("converting %s", spec.path)
-        data, entry = convert_tflite(tmp / SAVED_MODEL.path, spec.precision, calibration)
+        data, entry = convert_tflite(
+            tmp / SAVED_MODEL.path, spec.precision, calibration, gray_model=gray_model
+        )
         path = tmp / spec.path
         path.write_bytes(data)
         ops = check_builtin_only(path)
         log.info("%s: %d bytes, operators %s", spec.path, len(data), ", ".join(ops))
         entry = dataclasses.replace(entry, path=spec.path)
-        embed_metadata(path, run.labels, _embedded_metadata(name, version, run, entry))
+        embed_metadata(
+            path,
+            run.labels,
+            _embedded_metadata(name, version, run, entry),
+            _metadata_info(name, version, run, entry),
+        )
         check_tflite_file(path, run.labels)
         built[spec.key] = entry
     return built
@@ -266,10 +284,32 @@ def _copy_run_files(run: FinishedRun, dest: Path) -> None:
         shutil.copy2(png, report / png.name)
 
 
+def _metadata_info(name: str, version: int, run: FinishedRun, entry: FormatEntry) -> ImageModelInfo:
+    """The facts the TFLite Metadata states, from what the manifest records."""
+    contract = run.contract
+    backbone = run.backbone.get("name", "a Keras model")
+    return ImageModelInfo(
+        name=name,
+        version=version,
+        description=(
+            f"Image classifier, {len(run.labels)} classes ({backbone}, {entry.precision}), "
+            f"exported by handserve. Takes an RGB image of {contract.width}x{contract.height} "
+            f"pixels, values 0-255 (trained on {contract.color_mode} images)."
+        ),
+        labels_file=EMBEDDED_LABELS,
+        other_files=(EMBEDDED_METADATA,),
+        value_range=contract.value_range,
+    )
+
+
 def _embedded_metadata(
     name: str, version: int, run: FinishedRun, entry: FormatEntry
 ) -> dict[str, Any]:
-    """What an app needs besides the labels: the input contract and tensor types of this file."""
+    """What an app needs besides the labels: the input contract and tensor types of this file.
+
+    ``input.channels`` and ``color_mode`` are what to decode an image to (the contract); the
+    file's tensor (``input.tensor_shape``) takes RGB for a grayscale model, which computes the
+    luma itself (feed the RGB image, or the grey one three times)."""
     contract = run.contract
     return {
         "name": name,
@@ -280,6 +320,7 @@ def _embedded_metadata(
             "width": contract.width,
             "channels": contract.channels,
             "color_mode": contract.color_mode,
+            "tensor_shape": entry.input_shape,
             "layout": "NHWC",
             "value_range": list(contract.value_range),
             "dtype": entry.input_dtype,

@@ -1,12 +1,15 @@
 """LiteRT (``.tflite``) files from a SavedModel: conversion, operator check, embedded metadata.
 
 :mod:`training.export` converts each precision of :data:`TFLITE_FORMATS`, refuses any file that
-needs operators a phone's LiteRT runtime lacks, and appends the labels and input contract to it.
+needs operators a phone's LiteRT runtime lacks, and writes TFLite Metadata (for task libraries)
+and the labels and input contract into it. The files of a grayscale model take RGB and compute
+the luma in their graph, because task libraries feed RGB frames.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,8 @@ import numpy as np
 
 from handserve import artifacts
 from handserve.artifacts import FormatEntry
+from training import tflite_metadata
+from training.tflite_metadata import ImageModelInfo, build_metadata
 
 #: Files of the zip archive appended to every ``.tflite`` (see docs/mobile.md).
 EMBEDDED_LABELS = "labels.txt"
@@ -32,7 +37,11 @@ TFLITE_FORMATS = tuple(f for f in artifacts.FORMATS.values() if f.kind == "tflit
 
 
 def convert_tflite(
-    saved_model: Path, precision: str, calibration: np.ndarray | None = None
+    saved_model: Path,
+    precision: str,
+    calibration: np.ndarray | None = None,
+    *,
+    gray_model: Any = None,
 ) -> tuple[bytes, FormatEntry]:
     """Convert the SavedModel to LiteRT with built-in operators only.
 
@@ -41,12 +50,30 @@ def convert_tflite(
     image as is. Its output stays ``float32`` probabilities (one dequantize op), so every
     ``.tflite`` is read the same way.
 
+    Args:
+        gray_model: for a grayscale model, the Keras model: the file is then converted from a
+            graph that takes RGB ``(N, H, W, 3)`` and computes the luma first
+            (:func:`write_rgb_saved_model`), because on-device task libraries feed RGB frames.
+
     Returns:
-        The flatbuffer and a FormatEntry (path left empty) with the tensor types it takes.
+        The flatbuffer and a FormatEntry (path left empty) with the tensor types and the input
+        shape it takes.
     """
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
+    with tempfile.TemporaryDirectory(prefix="handserve-rgb-") as scratch:
+        if gray_model is not None:  # the same model behind an RGB entry point
+            saved_model = Path(scratch) / artifacts.SAVED_MODEL.path
+            write_rgb_saved_model(gray_model, saved_model, exact=precision != "int8")
+        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
+        return _convert(conv, precision, calibration, rgb=gray_model is not None)
+
+
+def _convert(
+    conv: Any, precision: str, calibration: np.ndarray | None, *, rgb: bool
+) -> tuple[bytes, FormatEntry]:
+    import tensorflow as tf
+
     # Built-ins only: Flex (SELECT_TF_OPS) would need the TensorFlow runtime on the phone.
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if precision == "float16":
@@ -56,6 +83,8 @@ def convert_tflite(
         if calibration is None or not len(calibration):
             raise ExportError("int8 export needs calibration images (calibration.npz)")
         images = calibration.astype(np.float32)
+        if rgb:
+            images = np.repeat(images, 3, axis=-1)  # grey as RGB: the luma gives it back
         # An all-black and an all-white image pin the input range to the contract's 0..255,
         # so the uint8 input has scale 1 and zero point 0: raw pixels go in unchanged.
         extremes = np.stack([np.zeros_like(images[0]), np.full_like(images[0], 255.0)])
@@ -75,6 +104,41 @@ def convert_tflite(
     return data, _format_entry(data, precision)
 
 
+#: ITU-R 601 luma as Pillow computes it for ``convert("L")``, in 16-bit fixed point:
+#: ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16``.
+LUMA_WEIGHTS = (19595.0, 38470.0, 7471.0)
+
+
+def write_rgb_saved_model(model: Any, path: Path, *, exact: bool = True) -> None:
+    """A SavedModel taking RGB images ``(N, H, W, 3)`` 0..255 for a grayscale Keras ``model``.
+
+    Its ``serving_default`` computes the luma, then calls the model with ``training=False``.
+    ``exact``: the luma exactly as Pillow rounds it (every intermediate is an integer below
+    2**24, which float32 holds exactly), so a phone's RGB frame gives the answer the server
+    gives for the same image. The int8 file cannot run FLOOR in integer arithmetic, so it takes
+    the unrounded weighted sum (its parity rule is accuracy, not bit equality).
+    """
+    import keras
+    import tensorflow as tf
+
+    h, w, _ = (int(d) for d in model.input_shape[1:])
+    weights = tf.constant(LUMA_WEIGHTS, tf.float32)
+
+    def serve(images: Any) -> Any:
+        weighted = tf.reduce_sum(images * weights, axis=-1, keepdims=True)
+        luma = tf.floor((weighted + 32768.0) / 65536.0) if exact else weighted / 65536.0
+        return {"probabilities": model(luma, training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=serve,
+        input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32, name="images")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
 def _format_entry(data: bytes, precision: str) -> FormatEntry:
     """Read the tensor types and quantization the interpreter really uses from the flatbuffer."""
     from ai_edge_litert.interpreter import Interpreter
@@ -88,6 +152,7 @@ def _format_entry(data: bytes, precision: str) -> FormatEntry:
         path="",
         kind="tflite",
         precision=precision,
+        input_shape=[int(d) for d in inp["shape"][1:]],
         input_dtype=in_dtype,
         output_dtype=out_dtype,
         input_scale=float(in_scale) if in_dtype != "float32" else None,
@@ -122,14 +187,19 @@ def check_builtin_only(path: Path) -> list[str]:
     return names
 
 
-def embed_metadata(path: Path, labels: list[str], metadata: dict[str, Any]) -> None:
-    """Append a zip with ``labels.txt`` and ``metadata.json`` to a ``.tflite`` file.
+def embed_metadata(
+    path: Path, labels: list[str], metadata: dict[str, Any], info: ImageModelInfo
+) -> None:
+    """Put TFLite Metadata into a ``.tflite`` file and append ``labels.txt`` and ``metadata.json``.
 
-    This is how LiteRT metadata stores "associated files": the interpreter reads only the
+    The ``TFLITE_METADATA`` buffer (:mod:`training.tflite_metadata`) is what task libraries
+    read (an RGB image input, its normalization, the labels file of the output); the files are
+    "associated files" in a zip appended to the flatbuffer: the interpreter reads only the
     flatbuffer and ignores trailing bytes, while any zip reader finds the archive from the end
     of the file. Entries are stored uncompressed, as the TFLite Support library's Android
     ``MetadataExtractor`` requires. An app then needs nothing but the ``.tflite`` file.
     """
+    path.write_bytes(tflite_metadata.populate(path.read_bytes(), build_metadata(info)))
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(EMBEDDED_LABELS, "\n".join(labels) + "\n")
         zf.writestr(EMBEDDED_METADATA, json.dumps(metadata, indent=2) + "\n")
@@ -155,3 +225,6 @@ def check_tflite_file(path: Path, labels: list[str]) -> None:
     got, _ = read_embedded(path)
     if got != labels:
         raise ExportError(f"{path}: embedded labels do not read back")
+    problems = tflite_metadata.metadata_problems(path, labels)
+    if problems:
+        raise ExportError(f"{path}: TFLite Metadata: {'; '.join(problems)}")

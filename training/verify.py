@@ -297,25 +297,25 @@ def check_input_shapes(
     keras_model: Any = None,
     runners: Mapping[str, Runner] | None = None,
 ) -> None:
-    """Every format must take exactly the manifest's ``(H, W, C)``.
+    """The Keras model must take the manifest's ``(H, W, C)``, and every format the input shape
+    its manifest entry records (the contract's, or RGB for a grayscale model's mobile files).
 
     Raises:
-        ArtifactError: naming the first file whose input shape differs from the contract.
+        ArtifactError: naming the first file whose input shape differs from the manifest.
     """
     version_dir = Path(version_dir)
-    want = manifest.input.shape
     model = (
         keras_model if keras_model is not None else load_keras(version_dir / artifacts.KERAS_MODEL)
     )
-    shapes: list[tuple[Path, tuple[Any, ...]]] = [
-        (version_dir / artifacts.KERAS_MODEL, tuple(model.input_shape[1:]))
+    shapes: list[tuple[Path, tuple[Any, ...], tuple[int, ...]]] = [
+        (version_dir / artifacts.KERAS_MODEL, tuple(model.input_shape[1:]), manifest.input.shape)
     ]
     for name, entry in manifest.formats.items():
         path = version_dir / entry.path
         runner = (runners or {}).get(name) or open_format(version_dir, entry)
-        shapes.append((path, tuple(runner.input_shape)))
-    for path, got in shapes:
-        if got != want:
+        shapes.append((path, tuple(runner.input_shape), manifest.input_shape_of(entry)))
+    for path, got, want in shapes:
+        if got != want or not manifest.input.accepts(want):
             raise ArtifactError(
                 path, f"input shape {got} does not match the manifest's input contract {want}"
             )

@@ -155,10 +155,10 @@ def test_interrupted_export_leaves_nothing(
 ) -> None:
     real = export.convert_tflite
 
-    def convert(saved_model, precision, calibration=None):
+    def convert(saved_model, precision, calibration=None, **kwargs):
         if precision == "float16":  # after the SavedModel and model.tflite were written
             raise exc("stopped mid-export")
-        return real(saved_model, precision, calibration)
+        return real(saved_model, precision, calibration, **kwargs)
 
     monkeypatch.setattr(export, "convert_tflite", convert)
     models = tmp_path / "models"
