@@ -206,6 +206,7 @@ def run_verify(args: argparse.Namespace) -> int:
         say(f"verify failed: {exc}", err=True)
         return 1
     say(verify.format_table(report))
+    say(verify.format_metadata(report))
     if report.failures:
         say("parity bounds failed:\n" + "\n".join(f"  {f}" for f in report.failures), err=True)
         return 1

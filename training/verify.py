@@ -24,6 +24,7 @@ import numpy as np
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, FormatEntry, Manifest
 from handserve.runtimes import LiteRTRuntime, SavedModelRuntime, open_format
+from training import tflite_metadata
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class ParityReport:
     results: list[FormatResult]
     data: str
     images: int
+    #: Each ``.tflite`` file's TFLite Metadata problems (empty list: task libraries open it).
+    metadata: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def failures(self) -> list[str]:
@@ -386,7 +389,7 @@ def verify_version(
             version_dir / artifacts.SAMPLES if not data_dir else Path(data_dir),
             f"images are {x.shape[1:]}, the model takes {manifest.input.shape}",
         )
-    return check_parity(
+    report = check_parity(
         version_dir,
         manifest.formats,
         x,
@@ -397,3 +400,17 @@ def verify_version(
         speed_seconds=speed_seconds,
         runners=runners,
     )
+    report.metadata = {
+        entry.path: tflite_metadata.metadata_problems(version_dir / entry.path, manifest.labels)
+        for entry in manifest.formats.values()
+        if entry.kind == "tflite"
+    }
+    return report
+
+
+def format_metadata(report: ParityReport) -> str:
+    """One line per ``.tflite``: whether on-device task libraries can open it from the file."""
+    lines = ["TFLite Metadata (MediaPipe Tasks, ML Kit, Task Library):"]
+    for path, problems in report.metadata.items():
+        lines.append(f"  {path}: " + ("ok" if not problems else "; ".join(problems)))
+    return "\n".join(lines)

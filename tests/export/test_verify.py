@@ -33,6 +33,28 @@ def test_verify_passes_and_prints_the_table(tiny_export: Path, capsys) -> None:
     for name in ("keras", "saved_model", "tflite_fp32", "tflite_fp16", "tflite_int8"):
         assert name in out
     assert "FAIL" not in out and "parity ok" in out
+    for file in ("model.tflite", "model_fp16.tflite", "model_int8.tflite"):
+        assert f"  {file}: ok" in out  # each carries TFLite Metadata a task library accepts
+
+
+def test_verify_reports_a_file_without_valid_metadata(export_copy: Path, capsys) -> None:
+    """A version exported before TFLite Metadata: verify says which file and why."""
+    from training import tflite_metadata
+
+    path = export_copy / "model_fp16.tflite"
+    data = path.read_bytes()
+    # rename the metadata entry: the file still runs, but no library finds its metadata
+    path.write_bytes(data.replace(b"TFLITE_METADATA", b"TFLITE_METADATX", 1))
+    manifest = json.loads((export_copy / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "model_fp16.tflite":
+            entry["sha256"] = artifacts.sha256_file(path)
+    (export_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert tflite_metadata.read_metadata(path) is None
+    _verify(export_copy)
+    out = capsys.readouterr().out
+    assert "model_fp16.tflite: no TFLITE_METADATA" in out
+    assert "  model.tflite: ok" in out
 
 
 def test_speed_columns_are_measured(tiny_export: Path) -> None:
