@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 #: rounds it, under half a grey level, which moves quantized outputs by a few 1/256 steps.
 TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "int8": 0.05}
 MEDIAPIPE = REPO / ".cache" / "venv-mediapipe" / "bin" / "python"
-SCRIPT = Path(__file__).with_name("mediapipe_classify.py")
+SCRIPT = REPO / "scripts" / "mediapipe_classify.py"
 if not MEDIAPIPE.exists():
     pytest.skip(
         "MediaPipe is not installed in .cache/venv-mediapipe (scripts/install-test-tools.sh "

@@ -1,10 +1,11 @@
 """Classify images with MediaPipe Tasks' ImageClassifier from a ``.tflite`` file alone.
 
-    .cache/venv-mediapipe/bin/python tests/export/mediapipe_classify.py MODEL.tflite IMAGE...
+    .cache/venv-mediapipe/bin/python scripts/mediapipe_classify.py MODEL.tflite IMAGE...
 
-Run by tests/export/test_mobile_task_library.py in MediaPipe's own virtualenv (its numpy and
-protobuf pins clash with TensorFlow's), so it imports nothing from handserve: what an app does
-with the file, through the same C++ core as Android, iOS and the web. Prints one JSON list per
+Run by tests/export/test_mobile_task_library.py and benchmarks/mobile_parity.py in MediaPipe's
+own virtualenv (its numpy and protobuf pins clash with TensorFlow's), so it imports nothing from
+handserve: what an app does with the file, through the same C++ core as Android, iOS and the
+web. Prints one JSON list per
 image of ``{"index", "score", "label"}``, best first; a model the library refuses exits 1 with
 the library's message.
 """
