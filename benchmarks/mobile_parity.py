@@ -34,6 +34,8 @@ from handserve.runtimes import LiteRTRuntime, open_runtime  # noqa: E402
 
 MEDIAPIPE = REPO / ".cache" / "venv-mediapipe" / "bin" / "python"
 SCRIPT = REPO / "scripts" / "mediapipe_classify.py"
+#: Per-channel factors of --tint.
+TINTS = np.array([(1.0, 0.55, 0.25), (0.3, 0.9, 0.6), (0.7, 0.4, 1.0)])
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
@@ -43,6 +45,12 @@ def main() -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--data-dir", type=Path, required=True, help="folder of class folders")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images")
+    parser.add_argument(
+        "--tint",
+        action="store_true",
+        help="colour each image (R, G and B differ), so a grayscale model's in-graph luma and "
+        "the server's decoder must agree on real colour input",
+    )
     args = parser.parse_args()
     if not MEDIAPIPE.exists():
         print(f"no MediaPipe environment at {MEDIAPIPE}: run scripts/install-test-tools.sh")
@@ -59,13 +67,16 @@ def main() -> int:
     truth = np.array([manifest.labels.index(c) for _, c in files])
     h, w = manifest.input.height, manifest.input.width
     print(f"{manifest.name}/{manifest.version}: {len(files)} images from {args.data_dir}")
-    print(f"input {manifest.input.shape} ({manifest.input.color_mode}); PNGs at {w}x{h} RGB\n")
+    tinted = ", tinted" if args.tint else ""
+    print(f"input {manifest.input.shape} ({manifest.input.color_mode}); PNGs {w}x{h} RGB{tinted}\n")
     print("| file | precision | input | MediaPipe acc | server acc | top-1 agree | max abs dp |")
     print("|---|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         pngs, paths = [], []
         for i, (path, _) in enumerate(files):
             rgb = decode_image(path.read_bytes(), ImageSpec(h, w, 3))
+            if args.tint:
+                rgb = np.clip(rgb * TINTS[i % len(TINTS)], 0, 255).astype(np.uint8)
             out = Path(tmp) / f"{i}.png"
             Image.fromarray(rgb, mode="RGB").save(out)
             pngs.append(out.read_bytes())

@@ -106,7 +106,7 @@ def _convert(
 
 #: ITU-R 601 luma as Pillow computes it for ``convert("L")``, in 16-bit fixed point:
 #: ``L = (19595 R + 38470 G + 7471 B + 32768) >> 16``.
-LUMA_WEIGHTS = (19595.0, 38470.0, 7471.0)
+LUMA_WEIGHTS = (19595, 38470, 7471)
 
 
 def write_rgb_saved_model(model: Any, path: Path, *, exact: bool = True) -> None:
@@ -122,11 +122,21 @@ def write_rgb_saved_model(model: Any, path: Path, *, exact: bool = True) -> None
     import tensorflow as tf
 
     h, w, _ = (int(d) for d in model.input_shape[1:])
-    weights = tf.constant(LUMA_WEIGHTS, tf.float32)
+    # Each weight as 256 * high + low with both below 2048, so the constants survive the
+    # float16 file's conversion of every constant to float16 exactly (19595 would become 19600).
+    high = tf.constant([wt // 256 for wt in LUMA_WEIGHTS], tf.float32)
+    low = tf.constant([wt % 256 for wt in LUMA_WEIGHTS], tf.float32)
+
+    fractions = tf.constant([wt / 65536 for wt in LUMA_WEIGHTS], tf.float32)
 
     def serve(images: Any) -> Any:
-        weighted = tf.reduce_sum(images * weights, axis=-1, keepdims=True)
-        luma = tf.floor((weighted + 32768.0) / 65536.0) if exact else weighted / 65536.0
+        if exact:
+            weighted = 256.0 * tf.reduce_sum(images * high, -1, keepdims=True) + tf.reduce_sum(
+                images * low, -1, keepdims=True
+            )
+            luma = tf.floor((weighted + 32768.0) / 65536.0)
+        else:  # one weighted sum, which integer kernels quantize well
+            luma = tf.reduce_sum(images * fractions, -1, keepdims=True)
         return {"probabilities": model(luma, training=False)}
 
     archive = keras.export.ExportArchive()

@@ -279,3 +279,25 @@ def test_exports_of_one_name_started_together_all_publish(tiny_run: Path, tmp_pa
         embedded = export.read_embedded(models / "race" / str(version) / "model.tflite")
         assert embedded[1]["version"] == version  # the app sees the number it was published as
     assert not list((models / "race").glob(".staging-*"))
+
+
+def test_grayscale_files_take_rgb_and_compute_pillows_luma(tiny_export: Path) -> None:
+    """A colour frame through the file's RGB input equals the server's decoding (Pillow's
+    ``convert("L")``) through the grey input, bit for bit in the float files."""
+    from PIL import Image
+
+    manifest = artifacts.read_manifest(tiny_export)
+    rgb = np.random.default_rng(3).integers(0, 256, (16, 28, 28, 3), dtype=np.uint8)
+    grey = np.stack([np.asarray(Image.fromarray(x, "RGB").convert("L"))[..., None] for x in rgb])
+    for file in TFLITE_FILES:
+        entry = next(f for f in manifest.formats.values() if f.path == file)
+        assert entry.input_shape == [28, 28, 3]
+        runtime = LiteRTRuntime(tiny_export / file)
+        assert runtime.input_shape == (28, 28, 3)
+        colour, decoded = runtime.predict(rgb), runtime.predict(grey)
+        if entry.precision == "int8":  # an unrounded, quantized luma: close, not equal
+            assert np.abs(colour - decoded).max() < 0.15
+        else:
+            np.testing.assert_array_equal(colour, decoded, err_msg=file)
+    saved = manifest.formats["saved_model"]
+    assert saved.input_shape == [28, 28, 1]  # the server's GPU path keeps the contract

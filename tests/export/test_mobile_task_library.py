@@ -34,9 +34,10 @@ pytestmark = pytest.mark.slow
 #: image, by precision. float32: the same tensor through the same file; only the runtimes
 #: differ (MediaPipe bundles its own LiteRT build). float16: MediaPipe's XNNPACK evaluates the
 #: float16 weights in its own way (measured up to 2e-5 here). int8: a grayscale model's int8
-#: file computes the luma unrounded (FLOOR has no integer kernel) where the server's decoder
-#: rounds it, under half a grey level, which moves quantized outputs by a few 1/256 steps.
-TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "int8": 0.05}
+#: file computes a quantized, unrounded luma (FLOOR has no integer kernel) where the server's
+#: decoder rounds Pillow's; on colour input that moves outputs by a few 1/256 steps (up to
+#: 0.09 measured on tinted MNIST with the digits model, docs/mobile.md).
+TOLERANCE = {"float32": 1e-5, "float16": 1e-3, "int8": 0.15}
 MEDIAPIPE = REPO / ".cache" / "venv-mediapipe" / "bin" / "python"
 SCRIPT = REPO / "scripts" / "mediapipe_classify.py"
 if not MEDIAPIPE.exists():
