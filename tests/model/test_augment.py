@@ -69,6 +69,7 @@ def test_mixup_blends_images_and_labels_alike() -> None:
     """
     from training.fitting import fit_inputs
 
+    keras.utils.set_random_seed(0)  # MixUp draws its weights from the global seed
     split = _split(32)
     dataset = data.Dataset("test", ["a", "b", "c", "d"], split, split, None, "test")
     cfg = tiny_cfg(mixup=0.4, rotation=0, zoom=0, translate=0, contrast=0, brightness=0)
@@ -78,7 +79,9 @@ def test_mixup_blends_images_and_labels_alike() -> None:
     assert isinstance(inputs.loss, keras.losses.CategoricalCrossentropy)
     np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
     blended = [i for i in range(len(y)) if 0.02 < y[i].max() < 0.98]
-    assert len(blended) > len(y) // 2  # Beta(0.4, 0.4) rarely gives w within 0.02 of 0 or 1
+    # Beta(0.4, 0.4) gives w within 0.02 of 0 or 1 about a quarter of the time, and a pair of
+    # one class has a one-hot label: expect about two thirds blended (16 of 32 was seen once)
+    assert len(blended) > len(y) // 4
     originals = split.x.astype(np.float32)
     for i in blended:
         # Find the pair (a, b) and weight that rebuild image i: one must fit exactly.
