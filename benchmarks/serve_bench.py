@@ -4,9 +4,9 @@
 
 Starts ``bentoml serve service.service:HandServe`` on a free port (or uses ``--url``), then for
 single-image ``/predict`` and ``/predict_batch`` (``--batch-images`` per request), and with
-``--protocols v2-tensor v2-bytes`` the same through the Open Inference Protocol, runs a closed
-loop of N concurrent clients (aiohttp, one event loop) for ``--seconds`` each, at every
-``--concurrency``. Also measures the runtime's in-process ceiling (LiteRT images/s at batch 1
+``--protocols typed v2-tensor v2-bytes`` the same through the typed BentoML APIs and the Open
+Inference Protocol, runs a closed loop of N concurrent clients (aiohttp, one event loop) for
+``--seconds`` each, at every ``--concurrency``. Also measures the runtime's in-process ceiling (LiteRT images/s at batch 1
 and at max batch, no HTTP) in the same run, and the mean batch BentoML formed (from the
 server's ``handserve_batch_size`` histogram). Prints a Markdown table. A benchmark, not a test:
 numbers depend on the machine and on whatever else runs on it (the load average is printed).
@@ -103,12 +103,17 @@ def request_maker(
     """A function returning ``(path, session.post keyword arguments)`` for one request.
 
     ``image``: the service's own API, multipart (``/predict`` or ``/predict_batch``).
+    ``typed``: the same multipart request to the typed BentoML APIs (``/classify`` or
+    ``/classify_batch``).
     ``v2-tensor``: the Open Inference Protocol with the decoded pixels as a binary UINT8
     tensor. ``v2-bytes``: the same protocol with the encoded file as a BYTES element; both
     with binary outputs, as tritonclient sends them by default.
     """
-    if protocol == "image":
-        path = "/predict" if n == 1 else "/predict_batch"
+    if protocol in ("image", "typed"):
+        if protocol == "image":
+            path = "/predict" if n == 1 else "/predict_batch"
+        else:  # the typed BentoML APIs: the same request through @bentoml.api
+            path = "/classify" if n == 1 else "/classify_batch"
 
         def make_form() -> tuple[str, dict[str, Any]]:
             form = aiohttp.FormData()
@@ -228,9 +233,10 @@ def main() -> int:
     parser.add_argument(
         "--protocols",
         nargs="+",
-        choices=["image", "v2-tensor", "v2-bytes"],
+        choices=["image", "typed", "v2-tensor", "v2-bytes"],
         default=["image"],
-        help="image: /predict(_batch); v2-tensor / v2-bytes: /v2/models/NAME/infer",
+        help="image: /predict(_batch); typed: /classify(_batch), the @bentoml.api endpoints; "
+        "v2-tensor / v2-bytes: /v2/models/NAME/infer",
     )
     args = parser.parse_args()
 

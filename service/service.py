@@ -26,12 +26,15 @@ import gc
 import logging
 import os
 import tempfile
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import bentoml
 import numpy as np
+from bentoml.exceptions import BentoMLException
+from bentoml.validators import ContentType
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -49,6 +52,7 @@ from service.errors import (
     JSONErrors,
     count_rejected,
     install_error_handlers,
+    is_input_error,
     v2_error,
 )
 from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
@@ -57,6 +61,8 @@ from service.registry import LoadedModel, ModelRegistry, top_k
 from service.routes import ClassRoutes
 from service.schemas import (
     ErrorResponse,
+    ModelName,
+    PositiveInt,
     PredictBatchResponse,
     PredictResponse,
     predict_openapi,
@@ -254,6 +260,79 @@ class HandServe:
         what was refused with the reason."""
         return self.registry.describe()
 
+    # ------------------------------------------------------------------ typed BentoML APIs
+    # For BentoML's clients (bentoml.SyncHTTPClient / AsyncHTTPClient) and for composition
+    # (bentoml.depends): the same registry, admission, engine and metrics as /predict, so the
+    # answers are the same. /predict stays the hot path: a typed endpoint parses its multipart
+    # body into a temporary file per image (docs/service.md, "Typed APIs").
+    @bentoml.api(route="/classify")
+    async def classify(
+        self,
+        image: Annotated[Path, ContentType("image/*")],
+        model: ModelName | None = None,
+        version: PositiveInt | None = None,
+        top_k: PositiveInt | None = None,
+    ) -> PredictResponse:
+        """One image file -> the ``top_k`` best classes of the model, best first (as /predict).
+
+        ``model`` (default: the default model), ``version`` (default: the served one),
+        ``top_k`` (default: the config's). Refusals have /predict's status codes, with
+        ``"code: message"`` as BentoML's error text.
+        """
+        chosen, scores, k = await self._typed([image], model, version, top_k)
+        return PredictResponse.model_validate(
+            {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
+        )
+
+    @bentoml.api(route="/classify_batch")
+    async def classify_batch(
+        self,
+        images: list[Annotated[Path, ContentType("image/*")]],
+        model: ModelName | None = None,
+        version: PositiveInt | None = None,
+        top_k: PositiveInt | None = None,
+    ) -> PredictBatchResponse:
+        """Several image files (at most ``max_batch_images``) -> one result per image, in order
+        (as /predict_batch)."""
+        chosen, scores, k = await self._typed(images, model, version, top_k)
+        return PredictBatchResponse.model_validate(
+            {
+                "model": chosen.name,
+                "version": chosen.version,
+                "results": [_ranked(row, chosen, k) for row in scores],
+            }
+        )
+
+    async def _typed(
+        self, files: list[Path], model: str | None, version: int | None, top_k: int | None
+    ) -> tuple[LoadedModel, np.ndarray, int]:
+        """The request path of the typed APIs; an ApiError becomes BentoML's error with the
+        same status (BentoML answers an exception of its own with that status, anything else
+        with 500)."""
+        try:
+            if not 0 < len(files) <= self.cfg.max_batch_images:
+                raise ApiError(
+                    "too_many_images" if files else "empty",
+                    f"send 1 to {self.cfg.max_batch_images} images, not {len(files)}",
+                )
+            blobs = []
+            for i, file in enumerate(files):
+                if file.stat().st_size > self.cfg.max_body_bytes:
+                    raise ApiError(
+                        "body_too_large",
+                        f"image {i} is {file.stat().st_size} bytes, over max_body_bytes "
+                        f"({self.cfg.max_body_bytes})",
+                    )
+                blobs.append(file.read_bytes())
+            chosen, scores = await self._run(model, version, blobs)
+            return chosen, scores, top_k or self.cfg.top_k
+        except ApiError as err:
+            if is_input_error(err.code):
+                self.metrics.rejected_inputs.labels(reason=err.code).inc()
+            raise BentoMLException(
+                f"{err.code}: {err.message}", error_code=HTTPStatus(err.status)
+            ) from None
+
     # ------------------------------------------------------------------ Open Inference Protocol
     @routes.get("/v2", summary="v2 protocol: server metadata and extensions", tags=["v2"])
     async def v2_server(self) -> dict[str, Any]:
@@ -391,14 +470,22 @@ class HandServe:
             query=query,
         )
         params = parsed.params
-        model = self.registry.resolve(params.model, params.version)
-        n = len(parsed.images)
-        self.admission.acquire(n)
-        try:
-            scores = await self.engine.classify(model, parsed.images)
-        finally:
-            self.admission.release(n)
+        model, scores = await self._run(params.model, params.version, parsed.images)
         return model, scores, params.top_k or self.cfg.top_k
+
+    async def _run(
+        self, name: str | None, version: int | None, images: list[bytes]
+    ) -> tuple[LoadedModel, np.ndarray]:
+        """Resolve the model, admit the images, decode and run them: their scores, in order."""
+        if not self.registry.ready or self.engine is None:
+            why = self.registry.load_error or "models are still loading"
+            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
+        model = self.registry.resolve(name, version)
+        self.admission.acquire(len(images))
+        try:
+            return model, await self.engine.classify(model, images)
+        finally:
+            self.admission.release(len(images))
 
 
 def _ready_dir() -> Path:
