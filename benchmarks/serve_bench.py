@@ -6,9 +6,10 @@ Starts ``bentoml serve service.service:HandServe`` on a free port (or uses ``--u
 single-image ``/predict`` and ``/predict_batch`` (``--batch-images`` per request), and with
 ``--protocols typed v2-tensor v2-bytes`` the same through the typed BentoML APIs and the Open
 Inference Protocol, runs a closed loop of N concurrent clients (aiohttp, one event loop) for
-``--seconds`` each, at every ``--concurrency``. Also measures the runtime's in-process ceiling (LiteRT images/s at batch 1
-and at max batch, no HTTP) in the same run, and the mean batch BentoML formed (from the
-server's ``handserve_batch_size`` histogram). Prints a Markdown table. A benchmark, not a test:
+``--seconds`` each, at every ``--concurrency``. Also measures the runtime's in-process ceiling
+(LiteRT images/s at batch 1 and at max batch, no HTTP) in the same run, and the mean batch
+BentoML formed (from the server's ``handserve_batch_size`` histogram). Prints a Markdown table.
+A benchmark, not a test:
 numbers depend on the machine and on whatever else runs on it (the load average is printed).
 """
 

@@ -44,6 +44,7 @@ PACKAGES = (
     "ai-edge-litert",
     "numpy",
     "pillow",
+    "pillow-heif",
     "pyyaml",
     "prometheus-client",
     "fastapi",

@@ -14,6 +14,7 @@ from handserve.images import (
     ALLOWED_FORMATS,
     ImageDecodeError,
     ImageSpec,
+    allowed_formats,
     decode_image,
     open_image,
     to_array,
@@ -121,10 +122,12 @@ def test_png_round_trip() -> None:
     np.testing.assert_array_equal(decode_image(png, GREY), arr[..., None])
 
 
-def test_allowed_formats_are_the_documented_five_and_known_to_pillow() -> None:
-    assert set(ALLOWED_FORMATS) == {"PNG", "JPEG", "WEBP", "BMP", "GIF"}
+def test_allowed_formats_are_the_documented_six_and_known_to_pillow() -> None:
+    assert set(ALLOWED_FORMATS) == {"PNG", "JPEG", "WEBP", "BMP", "GIF", "HEIF"}
     Image.init()
-    assert set(ALLOWED_FORMATS) <= set(Image.OPEN)  # a typo would silently refuse a format
+    # a typo would silently refuse a format; HEIF comes from pillow-heif (a dependency)
+    assert allowed_formats() == ALLOWED_FORMATS
+    assert set(ALLOWED_FORMATS) <= set(Image.OPEN)
 
 
 # -- high bit depth: scaled like the 8-bit picture, never clipped --------------------------------
@@ -240,7 +243,7 @@ def test_formats_outside_the_allowlist_are_refused_by_name(
             decode_image(data, spec)
         assert err.value.code == "unsupported_format"
         assert kind in err.value.message
-        assert "send PNG, JPEG, WebP, BMP or GIF" in err.value.message
+        assert "send PNG, JPEG, WebP, BMP, GIF or HEIC/HEIF" in err.value.message
 
 
 def test_unrecognised_format_pillow_could_read_is_not_an_image() -> None:
@@ -249,3 +252,80 @@ def test_unrecognised_format_pillow_could_read_is_not_an_image() -> None:
         decode_image(_saved("TGA"), GREY)
     assert err.value.code == "not_an_image"
     assert "PNG" in err.value.message
+
+
+# -- phone photos: a 12 MP JPEG decoded at the size the model needs; HEIC from iPhones ---------
+
+
+def _phone_jpeg(orientation: int | None = None, size: tuple[int, int] = (4032, 3024)) -> bytes:
+    """A 12-megapixel JPEG at quality 90: a smooth picture with noise, as a camera gives."""
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    noisy = np.asarray(img, np.int16) + rng.integers(-12, 13, (size[1], size[0], 3))
+    img = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    return _encode(img, "JPEG", quality=90, exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("orientation", [None, 6])
+def test_a_phone_jpeg_is_decoded_at_an_eighth_and_gives_the_full_decodes_pixels(
+    orientation: int | None,
+) -> None:
+    """DCT scaling decodes 1/64 of the pixels; what the model sees moves by about half a grey
+    level on average (0.48/255 measured on photos, docs/service.md)."""
+    data = _phone_jpeg(orientation)
+    spec = ImageSpec(160, 160, 3)
+    drafted = open_image(data, size=(160, 160))
+    full = open_image(data)
+    assert full.size == ((3024, 4032) if orientation == 6 else (4032, 3024))  # upright
+    assert drafted.size == (full.size[0] // 8, full.size[1] // 8)  # 1/64 of the pixels decoded
+    fast = decode_image(data, spec)
+    slow = to_array(full, spec)
+    diff = np.abs(fast.astype(np.int16) - slow.astype(np.int16))
+    assert diff.mean() < 1.5 and diff.max() < 40, (diff.mean(), diff.max())
+
+
+def test_the_draft_never_goes_below_the_models_size() -> None:
+    """A 1000x600 JPEG for a 224x224 model: 1/2 would be 500x300, 1/4 250x150 is too small in
+    height, so it decodes at 1/2; a sideways photo swaps what is too small."""
+    data = _phone_jpeg(size=(1000, 600))
+    assert open_image(data, size=(224, 224)).size == (500, 300)
+    assert open_image(_phone_jpeg(orientation=6, size=(1000, 600)), size=(224, 224)).size == (
+        300,
+        500,
+    )
+    assert open_image(data, size=(1000, 600)).size == (1000, 600)  # no reduction possible
+
+
+def test_the_pixel_cap_counts_the_declared_size_before_any_reduction() -> None:
+    data = _phone_jpeg()
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(data, ImageSpec(28, 28, 1), max_pixels=4032 * 3024 - 1)
+    assert err.value.code == "too_many_pixels"
+
+
+def _heic(img: Image.Image) -> bytes:
+    import pillow_heif
+
+    allowed_formats()  # registers the plugin
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(img).save(buf, quality=95)
+    return buf.getvalue()
+
+
+def test_an_iphone_heic_photo_decodes_like_its_png() -> None:
+    rng = np.random.default_rng(2)
+    small = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((320, 240), Image.Resampling.BICUBIC)
+    data = _heic(img)
+    assert data[4:12] in (b"ftypheic", b"ftypmif1")  # an ISO media file, as iPhones write
+    heic = decode_image(data, RGB)
+    png = decode_image(_encode(img, "PNG"), RGB)
+    # HEIC is lossy (HEVC at quality 95): the same picture within a few grey levels
+    assert np.abs(heic.astype(np.int16) - png.astype(np.int16)).mean() < 3
+    with pytest.raises(ImageDecodeError) as err:
+        decode_image(data[:200], RGB)
+    assert err.value.code in ("truncated", "not_an_image")

@@ -19,8 +19,7 @@ from handserve.images import (
     ImageDecodeError,
     ImageSpec,
     channels_for,
-    open_image,
-    to_array,
+    decode_image,
 )
 from training.config import TrainConfig
 from training.data import splits
@@ -276,7 +275,7 @@ def _decode_file(path: Path, spec: ImageSpec) -> np.ndarray | None:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {one_line(exc)}") from exc
     try:
-        return to_array(open_image(data), spec)
+        return decode_image(data, spec)
     except ImageDecodeError as exc:
         log.warning("skipping corrupt image %s: %s", path, exc.message)
         return None
