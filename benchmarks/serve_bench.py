@@ -50,6 +50,19 @@ def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def phone_jpeg(image: bytes, seed: int = 0) -> bytes:
+    """``image`` blown up to a 12-megapixel (4032x3024) JPEG at quality 90 with a little sensor
+    noise: the upload a phone camera makes (synthetic: the picture is the small image's)."""
+    rng = np.random.default_rng(seed)
+    img = (
+        Image.open(io.BytesIO(image)).convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
+    )
+    arr = np.asarray(img, np.int16) + rng.integers(-6, 7, (3024, 4032, 3), np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
 def ceiling(version_dir: Path, max_batch: int, seconds: float = 3.0) -> dict[int, float]:
     """In-process LiteRT images/s at batch 1 and ``max_batch`` (the server's upper bound)."""
     man = artifacts.read_manifest(version_dir)
@@ -212,6 +225,14 @@ async def main_async(
                     flush=True,
                 )
                 rows.append(row)
+    if args.phone_jpeg:  # the same single-image cells with a 12 MP JPEG of the same picture
+        phone = phone_jpeg(image)
+        make = request_maker("image", model, phone, 1, "image/jpeg", pixels)
+        for c in args.concurrency:
+            row = await run_cell(url, make, c, args.seconds, 1)
+            row.update(kind=f"12 MP JPEG ({len(phone) / 1e6:.1f} MB)", c=c)
+            print(f"  {row['kind']} c={c:<3} {row['rps']:7.1f} req/s", flush=True)
+            rows.append(row)
     return rows
 
 
@@ -230,6 +251,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--skip", type=int, nargs="*", default=[], help="images per request to skip (1: single)"
+    )
+    parser.add_argument(
+        "--phone-jpeg",
+        action="store_true",
+        help="also send the image as a 12-megapixel JPEG (single requests, same concurrency)",
     )
     parser.add_argument(
         "--protocols",

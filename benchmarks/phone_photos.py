@@ -1,0 +1,102 @@
+"""Phone-sized photos: the decoder's DCT scaling against the full decode, on real photos.
+
+    python benchmarks/phone_photos.py --models-dir models --model fruits \\
+        --data-dir ../shared/data/fruits/valid [--limit N]
+
+The course's fruit photos are at most 256 px, so each is blown up to a 12-megapixel
+(4032x3024) JPEG at quality 90 with a little sensor noise, every fourth stored sideways with an
+EXIF rotation as phones do: a synthetic large-photo set, not real phone photos. Each is decoded
+twice for the model, fully (``to_array(open_image(data))``: what the code did before) and at the
+smallest DCT scale not below the model's size (``decode_image``: what serving and training's
+folder loader do now), and run on the version's ``model.tflite``. Prints top-1 agreement,
+accuracy of each, the mean pixel difference and the decode images/s of each (the cost training
+pays per photo of a folder, and the server per upload). A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from handserve import artifacts  # noqa: E402
+from handserve.images import decode_image, open_image, to_array  # noqa: E402
+from handserve.runtimes import LiteRTRuntime, open_runtime  # noqa: E402
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+PHONE = (4032, 3024)
+
+
+def phone_jpeg(path: Path, index: int, rng: np.random.Generator) -> bytes:
+    """``path`` as a 12 MP JPEG (quality 90, noise); every fourth stored sideways (EXIF 6)."""
+    img = Image.open(path).convert("RGB").resize(PHONE, Image.Resampling.BICUBIC)
+    arr = np.asarray(img, np.int16) + rng.integers(-6, 7, (PHONE[1], PHONE[0], 3), np.int16)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    if index % 4 == 3:
+        img = img.transpose(Image.Transpose.ROTATE_90)
+        exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder of class folders")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    version = artifacts.version_dir(args.models_dir, args.model)
+    manifest = artifacts.load_verified(version)
+    spec = manifest.input.image_spec
+    runtime = open_runtime(version, manifest, runtime=LiteRTRuntime.name)
+    files = sorted(
+        (p, d.name)
+        for d in args.data_dir.iterdir()
+        if d.is_dir()
+        for p in d.iterdir()
+        if p.suffix.lower() in SUFFIXES
+    )[: args.limit]
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    photos = [phone_jpeg(p, i, rng) for i, (p, _) in enumerate(files)]
+    made = time.perf_counter() - t0
+    truth = np.array([manifest.labels.index(c) for _, c in files])
+    sizes = [len(p) for p in photos]
+    print(f"{manifest.name}/{manifest.version}, input {spec.height}x{spec.width}x{spec.channels}")
+    print(
+        f"{len(photos)} synthetic {PHONE[0]}x{PHONE[1]} JPEGs (q90) from {args.data_dir}, "
+        f"{np.mean(sizes) / 1e6:.2f} MB each, every 4th with EXIF rotation; made in {made:.0f} s\n"
+    )
+    start = time.perf_counter()
+    full = np.stack([to_array(open_image(p), spec) for p in photos])
+    full_s = time.perf_counter() - start
+    start = time.perf_counter()
+    fast = np.stack([decode_image(p, spec) for p in photos])
+    fast_s = time.perf_counter() - start
+    top_full = runtime.predict(full).argmax(1)
+    top_fast = runtime.predict(fast).argmax(1)
+    diff = np.abs(full.astype(np.int16) - fast.astype(np.int16))
+    print("| decode | images/s | ms per photo | top-1 accuracy |")
+    print("|---|---:|---:|---:|")
+    for name, seconds, top in (("full", full_s, top_full), ("DCT-scaled", fast_s, top_fast)):
+        rate, ms = len(photos) / seconds, 1000 * seconds / len(photos)
+        print(f"| {name} | {rate:.1f} | {ms:.1f} | {np.mean(top == truth):.4f} |")
+    agree = np.mean(top_full == top_fast)
+    print(f"\ntop-1 agreement {agree:.4f} ({int((top_full != top_fast).sum())} differ); ", end="")
+    print(f"mean |pixel difference| {diff.mean():.2f}/255, max {diff.max()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
