@@ -9,8 +9,9 @@ manifest.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import BeforeValidator
 from pydantic.dataclasses import dataclass
 
 from handserve.artifacts import validate_name
@@ -20,6 +21,20 @@ from handserve.configs import STRICT
 FOLDER_TEST_FRACTION = 0.1
 #: Phase-2 epochs when ``fine_tune_epochs`` is not given and the backbone is pretrained.
 DEFAULT_FINE_TUNE_EPOCHS = 3
+
+
+def _devices(value: Any) -> Any:
+    """``--devices``: a positive count (a config file may give it as a number) or ``all``."""
+    text = str(value).strip().lower() if isinstance(value, int | str) else value
+    if isinstance(value, bool) or not isinstance(text, str):
+        raise ValueError(f"devices must be a positive count or 'all', got {value!r}")
+    if text != "all" and not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise ValueError(f"devices must be a positive count or 'all', got {value!r}")
+    return text
+
+
+#: ``all`` or a device count, as text (``"2"``).
+Devices = Annotated[str, BeforeValidator(_devices)]
 
 Dataset = Literal["digits", "mnist", "sign_mnist", "folder"]
 Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
@@ -132,6 +147,14 @@ class TrainConfig:
     # only (faster there, slower for MobileNetV2: see training.fitting.precision_policy).
     mixed_precision: bool = _f(
         False, "mixed float16 on GPU, bfloat16 on CPUs that have it (cnn/dense only)"
+    )
+    # None: one device, or MirroredStrategy over every GPU when there are several (as before
+    # the flag existed). N or "all": data-parallel over N local devices, GPUs when there are
+    # any, else the CPU split into N logical devices (training.fitting.distribution).
+    devices: Devices | None = _f(
+        None,
+        "data-parallel training over N local devices (GPUs, else logical CPUs) or all",
+        shown="one, or every GPU when there are several",
     )
     seed: int = _f(42, "seed for shuffling, splits, augmentation and initialisation")
 

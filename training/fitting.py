@@ -80,7 +80,8 @@ def precision_policy(cfg: TrainConfig, gpus: int, bf16: bool) -> tuple[str, str]
 
 
 def strategy_and_precision(cfg: TrainConfig) -> tf.distribute.Strategy:
-    """MirroredStrategy on >1 GPU; the dtype policy of :func:`precision_policy`."""
+    """The distribution strategy of :func:`distribution`; the dtype policy of
+    :func:`precision_policy`."""
     gpus = tf.config.list_physical_devices("GPU")
     policy, why = precision_policy(cfg, len(gpus), cpu_has_bf16() if not gpus else False)
     if policy != "float32":
@@ -88,10 +89,67 @@ def strategy_and_precision(cfg: TrainConfig) -> tf.distribute.Strategy:
         log.info("mixed precision: %s", why)
     elif cfg.mixed_precision:
         log.warning("%s", why)
-    if len(gpus) > 1:
-        log.info("MirroredStrategy over %d GPUs", len(gpus))
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    return distribution(cfg, len(gpus))
+
+
+def distribution(cfg: TrainConfig, gpus: int) -> tf.distribute.Strategy:
+    """Data parallelism over ``cfg.devices`` local devices (``MirroredStrategy``).
+
+    None keeps the behaviour from before the flag: one device, or every GPU when there are
+    several. N or ``all``: the first N GPUs (all of them), or, with no GPU, the CPU split into N
+    logical devices (``all`` is then the one CPU device). The global batch stays
+    ``batch_size``: each of the N replicas computes ``batch_size / N`` examples and their
+    gradients are summed, so one step sees the same examples as on one device and the learning
+    rate is left as it is. Several nodes are not supported: ``MultiWorkerMirroredStrategy``
+    fails inside Keras 3's ``fit`` on TensorFlow (keras-team/keras#20585).
+
+    Raises:
+        ConfigError: more devices than this machine has, or a CPU that can no longer be split
+            (TensorFlow already ran in this process).
+    """
+    if cfg.devices is None:
+        if gpus > 1:
+            log.info("MirroredStrategy over %d GPUs", gpus)
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if gpus:
+        count = gpus if cfg.devices == "all" else int(cfg.devices)
+        if count > gpus:
+            raise ConfigError(f"--devices {count}: this machine has {gpus} GPU(s)")
+        names = [f"/gpu:{i}" for i in range(count)]
+    else:
+        count = 1 if cfg.devices == "all" else int(cfg.devices)
+        if count > 1:
+            split_cpu(count)
+        names = [f"/cpu:{i}" for i in range(count)]
+    if count == 1:
+        return tf.distribute.get_strategy()
+    if cfg.batch_size % count:
+        log.warning("batch_size %d is not a multiple of %d devices", cfg.batch_size, count)
+    log.info(
+        "MirroredStrategy over %s: global batch %d, about %d per replica, learning rate as set",
+        ", ".join(names),
+        cfg.batch_size,
+        cfg.batch_size // count,
+    )
+    return tf.distribute.MirroredStrategy(devices=names)
+
+
+def split_cpu(count: int) -> None:
+    """Make the CPU ``count`` logical devices; possible only before TensorFlow initialises."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"--devices {count}: TensorFlow already started in this process, so the CPU can no "
+            "longer be split into logical devices; run the training in a fresh process"
+        ) from exc
 
 
 def optimizer(cfg: TrainConfig, lr: Any, *, ema: float = 0.0) -> keras.optimizers.Optimizer:

@@ -104,21 +104,24 @@ def _train_into(
     records = fitting.fit_phases(
         model, cfg, inputs, strategy=strategy, checkpoint=checkpoint, verbose=verbose
     )
-    if keras.mixed_precision.global_policy().name != "float32":
+    if keras.mixed_precision.global_policy().name != "float32" or strategy.num_replicas_in_sync > 1:
         model = _as_float32(model, cfg, dataset)
     metrics = evaluate_mod.compute_metrics(model, dataset, batch_size=max(cfg.batch_size, 128))
     confusion = metrics.pop("confusion_matrix")
     metrics.update(training_summary(records, len(dataset.train), cfg))
+    metrics["replicas"] = int(strategy.num_replicas_in_sync)  # devices the fit ran on
     _write_run(run, cfg, dataset, spec, model, metrics, records, np.asarray(confusion))
     return metrics
 
 
 def _as_float32(model: keras.Model, cfg: TrainConfig, dataset: Dataset) -> keras.Model:
-    """The same weights in a float32 model: what is saved, scored and exported.
+    """The same weights in a float32, single-device model: what is saved, scored and exported.
 
     Mixed precision keeps float32 variables and only computes in float16/bfloat16, so the
     weights carry over unchanged; a saved mixed-precision model would put bfloat16 casts into
-    the SavedModel and the LiteRT files.
+    the SavedModel and the LiteRT files. A model built under ``MirroredStrategy`` keeps its
+    mirrored variables, and Keras 3's ``predict_on_batch`` on it returned every row once per
+    replica (60 answers for 30 images on 2 devices), so scoring and export use a plain copy.
     """
     keras.mixed_precision.set_global_policy("float32")
     plain = model_mod.build_model(cfg, dataset.input_shape, dataset.num_classes)

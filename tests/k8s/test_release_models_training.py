@@ -207,6 +207,9 @@ def test_the_training_config_is_the_repositorys_mnist_config() -> None:
 def test_the_gpu_training_job_asks_for_a_gpu_and_its_image() -> None:
     _, spec, container = _train_job("training-gpu")
     assert int(container["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    assert _parse_train(container["args"]).devices == "all"  # every GPU the pod gets
+    _, _, cpu = _train_job("training")
+    assert _parse_train(cpu["args"]).devices is None
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert "/handserve-tools-gpu:" in container["image"]
 
