@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the project's Python packages: Debian's Chromium (the
 # demo page test), Prometheus (a real scrape of /metrics) and kubectl (its built-in kustomize
-# renders k8s/ for the manifest tests), and checkov in its own virtualenv .cache/venv-scan (the
-# policy scan of k8s/; checkov pins packages that would clash with .venv's). Best effort: where
-# it cannot install (not root, no apt-get, no package index), the tests that need them skip
-# with a reason.
+# renders k8s/ for the manifest tests), and, each in a virtualenv of its own with the versions of
+# its requirements/*.txt, checkov (.cache/venv-scan, the policy scan of k8s/) and MediaPipe
+# (.cache/venv-mediapipe, the on-device task library for the mobile test): their pins clash with
+# .venv's. Best effort: where it cannot install (not root, no apt-get, no package index), the
+# tests that need them skip with a reason.
 set -u
 cd "$(dirname "$0")/.." || exit 0
 
