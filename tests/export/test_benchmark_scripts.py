@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from handserve import artifacts
 from tests.conftest import REPO
 from tests.data.conftest import fake_mnist_arrays, write_idx
 
@@ -78,3 +79,59 @@ def test_export_parity_trains_exports_and_verifies_every_format(
         assert fmt in table and table[fmt][-1] == "ok", (fmt, done.stdout[-3000:])
     assert "on 40 images" in done.stdout  # the whole (fake) test split was run through each
     assert (tmp_path / "models" / "mnist" / "1" / "manifest.json").is_file()
+
+
+@pytest.fixture
+def digit_folder(tiny_export: Path, tmp_path: Path) -> Path:
+    """Two class folders named by the tiny model's labels, two digit PNGs each."""
+    from tests.service.helpers import digit_png
+
+    labels = artifacts.read_manifest(tiny_export).labels
+    for seed, label in enumerate(labels[:2]):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for k in range(2):
+            (tmp_path / "photos" / label / f"{k}.png").write_bytes(digit_png(seed * 2 + k))
+    return tmp_path / "photos"
+
+
+def test_phone_photos_compares_the_decoders_on_blown_up_photos(
+    tiny_export: Path, digit_folder: Path
+) -> None:
+    models = tiny_export.parent.parent
+    done = run_benchmark(
+        "phone_photos.py",
+        *("--models-dir", str(models), "--model", "tiny", "--data-dir", str(digit_folder)),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 synthetic 4032x3024 JPEGs" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| before", "| now"))]
+    assert len(rows) == 2, done.stdout
+    assert "photos change top-1 between before and now" in done.stdout
+
+
+def test_mobile_parity_compares_mediapipe_with_the_server(
+    tiny_export: Path, digit_folder: Path
+) -> None:
+    if not (REPO / ".cache" / "venv-mediapipe" / "bin" / "python").exists():
+        pytest.skip("MediaPipe is not installed in .cache/venv-mediapipe")
+    models = tiny_export.parent.parent
+    done = run_benchmark(
+        "mobile_parity.py",
+        *("--models-dir", str(models), "--model", "tiny", "--data-dir", str(digit_folder)),
+        "--tint",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if ".tflite |" in line]
+    assert len(rows) == 3, done.stdout  # every file opened by MediaPipe, none refused
+    for row in rows:
+        assert float(row[6]) >= 0.5, row  # top-1 agreement with the server's path
+
+
+def test_every_benchmark_script_has_a_smoke_test() -> None:
+    """A new script in benchmarks/ must be run here or in tests/service/ (a crash on what a
+    fresh clone installs then fails CI, as benchmarks/reliability.py's once did)."""
+    tested = (
+        Path(__file__).read_text() + (REPO / "tests/service/test_benchmark_scripts.py").read_text()
+    )
+    scripts = sorted(p.name for p in (REPO / "benchmarks").glob("*.py"))
+    assert [s for s in scripts if f'"{s}"' not in tested] == []
