@@ -18,7 +18,10 @@ import pytest
 
 import handserve_cli as cli
 from handserve import artifacts
+from handserve.images import decode_image
+from service.config import ServiceConfig
 from tests.conftest import REPO
+from tests.service.helpers import digit_png, inprocess_client
 from training.config import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -71,3 +74,20 @@ def test_devices_is_a_count_or_all() -> None:
     for bad in ("0", "-1", "two", "²", True):
         with pytest.raises(ValueError, match="devices must be a positive count or 'all'"):
             TrainConfig(devices=bad)
+
+
+def test_its_export_serves(two_devices: dict) -> None:
+    """The service (in-process, the request path of ``bentoml serve``) serves the version the
+    two-device run exported, with the answers of the model itself."""
+    version = Path(two_devices["version"])
+    cfg = ServiceConfig(models_dir=str(version.parent.parent), runtime="litert")
+    manifest = artifacts.read_manifest(version)
+    single = keras.models.load_model(version / artifacts.KERAS_MODEL, compile=False)
+    with inprocess_client(cfg) as (client, _):
+        for seed in range(4):
+            data = digit_png(seed)
+            r = client.post("/predict?model=two", files={"image": ("d.png", data, "image/png")})
+            assert r.status_code == 200, r.text
+            pixels = decode_image(data, manifest.input.image_spec)[None].astype("float32")
+            best = int(single.predict(pixels, verbose=0)[0].argmax())
+            assert r.json()["predictions"][0]["index"] == best
