@@ -20,8 +20,9 @@ $(UV):
 venv: | $(UV)
 	$(UV) $(SYNC) --quiet
 
-## lock: re-resolve every dependency (and the side environments of checkov and mediapipe) to the newest versions
-## pyproject.toml allows, on purpose; re-export requirements/ and re-sync .venv (README).
+## lock: re-resolve every dependency (and the side environments of checkov and mediapipe) to
+## the newest versions pyproject.toml allows, on purpose; re-export requirements/ and re-sync
+## .venv (README).
 ## `make lock UPGRADE=` keeps every pin that still fits (after adding a dependency, say).
 UPGRADE ?= --upgrade
 lock: | $(UV)
@@ -30,7 +31,7 @@ lock: | $(UV)
 	  $(UV) pip compile --quiet $(UPGRADE) --universal --python-version 3.11 --no-header \
 	    requirements/$$tool.in -o requirements/$$tool.txt || exit 1; \
 	done
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/export-requirements.sh requirements
+	$(MAKE) --no-print-directory requirements
 	$(UV) $(SYNC)
 
 ## requirements: re-export requirements/*.txt from uv.lock as it is (no re-resolution)

@@ -28,6 +28,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serve_accuracy import test_files  # noqa: E402
 from handserve import artifacts  # noqa: E402
 from handserve.images import ImageSpec, decode_image  # noqa: E402
 from handserve.runtimes import LiteRTRuntime, open_runtime  # noqa: E402
@@ -36,7 +37,6 @@ MEDIAPIPE = REPO / ".cache" / "venv-mediapipe" / "bin" / "python"
 SCRIPT = REPO / "scripts" / "mediapipe_classify.py"
 #: Per-channel factors of --tint.
 TINTS = np.array([(1.0, 0.55, 0.25), (0.3, 0.9, 0.6), (0.7, 0.4, 1.0)])
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 def main() -> int:
@@ -57,13 +57,7 @@ def main() -> int:
         return 2
     version = artifacts.version_dir(args.models_dir, args.model)
     manifest = artifacts.load_verified(version)
-    files = sorted(
-        (p, d.name)
-        for d in args.data_dir.iterdir()
-        if d.is_dir()
-        for p in d.iterdir()
-        if p.suffix.lower() in SUFFIXES
-    )[: args.limit]
+    files = test_files(args.data_dir)[: args.limit]
     truth = np.array([manifest.labels.index(c) for _, c in files])
     h, w = manifest.input.height, manifest.input.width
     print(f"{manifest.name}/{manifest.version}: {len(files)} images from {args.data_dir}")

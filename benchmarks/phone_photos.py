@@ -17,7 +17,6 @@ pays per photo of a folder, and the server per upload). A benchmark, not a test.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
@@ -28,26 +27,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serve_accuracy import test_files  # noqa: E402
+from benchmarks.serve_bench import phone_jpeg  # noqa: E402
 from handserve import artifacts  # noqa: E402
 from handserve.images import ImageSpec, decode_image, open_image, to_array  # noqa: E402
 from handserve.runtimes import LiteRTRuntime, open_runtime  # noqa: E402
-
-SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-PHONE = (4032, 3024)
-
-
-def phone_jpeg(path: Path, index: int, rng: np.random.Generator) -> bytes:
-    """``path`` as a 12 MP JPEG (quality 90, noise); every fourth stored sideways (EXIF 6)."""
-    img = Image.open(path).convert("RGB").resize(PHONE, Image.Resampling.BICUBIC)
-    arr = np.asarray(img, np.int16) + rng.integers(-6, 7, (PHONE[1], PHONE[0], 3), np.int16)
-    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-    exif = Image.Exif()
-    if index % 4 == 3:
-        img = img.transpose(Image.Transpose.ROTATE_90)
-        exif[0x0112] = 6
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
-    return buf.getvalue()
 
 
 def before(data: bytes, spec: ImageSpec) -> np.ndarray:
@@ -70,22 +54,15 @@ def main() -> int:
     manifest = artifacts.load_verified(version)
     spec = manifest.input.image_spec
     runtime = open_runtime(version, manifest, runtime=LiteRTRuntime.name)
-    files = sorted(
-        (p, d.name)
-        for d in args.data_dir.iterdir()
-        if d.is_dir()
-        for p in d.iterdir()
-        if p.suffix.lower() in SUFFIXES
-    )[: args.limit]
-    rng = np.random.default_rng(0)
+    files = test_files(args.data_dir)[: args.limit]
     t0 = time.perf_counter()
-    photos = [phone_jpeg(p, i, rng) for i, (p, _) in enumerate(files)]
+    photos = [phone_jpeg(p.read_bytes(), i, sideways=i % 4 == 3) for i, (p, _) in enumerate(files)]
     made = time.perf_counter() - t0
     truth = np.array([manifest.labels.index(c) for _, c in files])
     sizes = [len(p) for p in photos]
     print(f"{manifest.name}/{manifest.version}, input {spec.height}x{spec.width}x{spec.channels}")
     print(
-        f"{len(photos)} synthetic {PHONE[0]}x{PHONE[1]} JPEGs (q90) from {args.data_dir}, "
+        f"{len(photos)} synthetic 4032x3024 JPEGs (q90) from {args.data_dir}, "
         f"{np.mean(sizes) / 1e6:.2f} MB each, every 4th with EXIF rotation; made in {made:.0f} s\n"
     )
     ways = {

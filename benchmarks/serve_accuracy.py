@@ -28,9 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handserve import artifacts  # noqa: E402
+from handserve.images import IMAGE_EXTENSIONS  # noqa: E402
 from tests.fixtures_server import background_server, wait_ready  # noqa: E402
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 def test_files(data_dir: Path) -> list[tuple[Path, str]]:
@@ -39,7 +38,7 @@ def test_files(data_dir: Path) -> list[tuple[Path, str]]:
         (path, class_dir.name)
         for class_dir in sorted(p for p in data_dir.iterdir() if p.is_dir())
         for path in sorted(class_dir.iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES
+        if path.suffix.lower() in IMAGE_EXTENSIONS
     ]
 
 

@@ -50,16 +50,23 @@ def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def phone_jpeg(image: bytes, seed: int = 0) -> bytes:
+def phone_jpeg(image: bytes, seed: int = 0, *, sideways: bool = False) -> bytes:
     """``image`` blown up to a 12-megapixel (4032x3024) JPEG at quality 90 with a little sensor
-    noise: the upload a phone camera makes (synthetic: the picture is the small image's)."""
+    noise: the upload a phone camera makes (synthetic: the picture is the small image's).
+    ``sideways``: stored turned, with the EXIF rotation (6) that stands it upright, as phones
+    store portrait photos."""
     rng = np.random.default_rng(seed)
     img = (
         Image.open(io.BytesIO(image)).convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
     )
     arr = np.asarray(img, np.int16) + rng.integers(-6, 7, (3024, 4032, 3), np.int16)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    exif = Image.Exif()
+    if sideways:
+        img = img.transpose(Image.Transpose.ROTATE_90)
+        exif[0x0112] = 6
     buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+    img.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
     return buf.getvalue()
 
 

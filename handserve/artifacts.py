@@ -72,7 +72,6 @@ class FormatSpec:
         runtime: the runtime that runs it (``handserve.runtimes.RUNTIMES``).
         flag: its name in ``handserve export --formats`` (None: always built).
         required: a version is not published without it (what the servers run by default).
-        platform: the Open Inference Protocol's ``platform`` for a server running it.
     """
 
     key: str
@@ -82,7 +81,6 @@ class FormatSpec:
     runtime: str
     flag: str | None
     required: bool
-    platform: str
 
     @property
     def main_file(self) -> str:
@@ -100,48 +98,19 @@ class FormatSpec:
 FORMATS: dict[str, FormatSpec] = {
     spec.key: spec
     for spec in (
+        # key, path, kind, precision, runtime, --formats flag, required
         FormatSpec(
-            key="saved_model",
-            path="saved_model",
-            kind="saved_model",
-            precision="float32",
-            runtime="savedmodel",
-            flag=None,
-            required=True,
-            platform="tensorflow_savedmodel",
+            "saved_model", "saved_model", "saved_model", "float32", "savedmodel", None, True
         ),
+        FormatSpec("tflite_fp32", "model.tflite", "tflite", "float32", "litert", "fp32", True),
         FormatSpec(
-            key="tflite_fp32",
-            path="model.tflite",
-            kind="tflite",
-            precision="float32",
-            runtime="litert",
-            flag="fp32",
-            required=True,
-            platform="litert_tflite",
+            "tflite_fp16", "model_fp16.tflite", "tflite", "float16", "litert", "fp16", False
         ),
-        FormatSpec(
-            key="tflite_fp16",
-            path="model_fp16.tflite",
-            kind="tflite",
-            precision="float16",
-            runtime="litert",
-            flag="fp16",
-            required=False,
-            platform="litert_tflite",
-        ),
-        FormatSpec(
-            key="tflite_int8",
-            path="model_int8.tflite",
-            kind="tflite",
-            precision="int8",
-            runtime="litert",
-            flag="int8",
-            required=False,
-            platform="litert_tflite",
-        ),
+        FormatSpec("tflite_int8", "model_int8.tflite", "tflite", "int8", "litert", "int8", False),
     )
 }
+#: The Open Inference Protocol's ``platform`` of a server running each runtime.
+PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "litert": "litert_tflite"}
 #: The runtimes, each with the format a server runs by default (its first required row).
 RUNTIMES: dict[str, FormatSpec] = {}
 for _spec in FORMATS.values():

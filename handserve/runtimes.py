@@ -282,10 +282,10 @@ def open_format(
 ) -> LiteRTRuntime | SavedModelRuntime:
     """The runtime for one format of a manifest (what verify and the export's parity use)."""
     path = Path(version_dir) / entry.path
-    runners = {f.kind: RUNTIMES[f.runtime] for f in artifacts.FORMATS.values()}
-    if entry.kind not in runners:
+    spec = next((f for f in artifacts.FORMATS.values() if f.kind == entry.kind), None)
+    if spec is None:
         raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
-    return runners[entry.kind](path, num_threads=num_threads, instances=instances)
+    return RUNTIMES[spec.runtime](path, num_threads=num_threads, instances=instances)
 
 
 def open_runtime(

@@ -26,6 +26,7 @@ import gc
 import logging
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -317,10 +318,11 @@ class HandServe:
                 )
             blobs = []
             for i, file in enumerate(files):
-                if file.stat().st_size > self.cfg.max_body_bytes:
+                size = file.stat().st_size
+                if size > self.cfg.max_body_bytes:
                     raise ApiError(
                         "body_too_large",
-                        f"image {i} is {file.stat().st_size} bytes, over max_body_bytes "
+                        f"image {i} is {size} bytes, over max_body_bytes "
                         f"({self.cfg.max_body_bytes})",
                     )
                 blobs.append(file.read_bytes())
@@ -406,9 +408,7 @@ class HandServe:
             return v2_error(err)
 
     def _v2_resolve(self, name: str, version: str | None) -> LoadedModel:
-        if not self.registry.ready:
-            why = self.registry.load_error or "models are still loading"
-            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
+        self._ready_engine()
         return self.registry.resolve(name, v2.parse_version(version))
 
     @staticmethod
@@ -422,9 +422,7 @@ class HandServe:
     async def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
         try:
             model = self._v2_resolve(name, version)
-            engine = self.engine
-            if engine is None:  # never once ready; keeps the type checker informed
-                raise ApiError("not_ready", "models are still loading")
+            engine = self._ready_engine()
             body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
             body = v2_wire.decompress(
                 body, request.headers.get("content-encoding"), self.cfg.max_body_bytes
@@ -435,15 +433,14 @@ class HandServe:
                 model.manifest,
                 self.cfg.max_batch_images,
             )
-            n = call.count
-            self.admission.acquire(n)
-            try:
-                if call.pixels is not None:
-                    scores = await engine.classify_pixels(model, call.pixels)
-                else:
-                    scores = await engine.classify(model, call.files or [])
-            finally:
-                self.admission.release(n)
+            pixels = call.pixels
+            if pixels is not None:
+                scores = await self._admitted(
+                    call.count, lambda: engine.classify_pixels(model, pixels)
+                )
+            else:
+                files = call.files or []
+                scores = await self._admitted(call.count, lambda: engine.classify(model, files))
             content, headers, media = v2_wire.render(
                 call.outputs, call.id, model.name, model.version, model.manifest.labels, scores
             )
@@ -457,9 +454,7 @@ class HandServe:
         self, request: Request, *, batch: bool
     ) -> tuple[LoadedModel, np.ndarray, int]:
         """Parse, resolve, admit, decode and run: the scores of every image of the request."""
-        if not self.registry.ready or self.engine is None:
-            why = self.registry.load_error or "models are still loading"
-            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
+        self._ready_engine()  # before reading the body: a loading server refuses at once
         query = parse_params(request.query_params, "query")
         parsed = await parse_request(
             request,
@@ -477,15 +472,24 @@ class HandServe:
         self, name: str | None, version: int | None, images: list[bytes]
     ) -> tuple[LoadedModel, np.ndarray]:
         """Resolve the model, admit the images, decode and run them: their scores, in order."""
+        engine = self._ready_engine()
+        model = self.registry.resolve(name, version)
+        return model, await self._admitted(len(images), lambda: engine.classify(model, images))
+
+    def _ready_engine(self) -> Engine:
+        """The engine, once every model is loaded and warm; before that, 503 ``not_ready``."""
         if not self.registry.ready or self.engine is None:
             why = self.registry.load_error or "models are still loading"
             raise ApiError("not_ready", why, headers={"Retry-After": "1"})
-        model = self.registry.resolve(name, version)
-        self.admission.acquire(len(images))
+        return self.engine
+
+    async def _admitted(self, n: int, run: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+        """``run()`` for ``n`` images within the admission cap (503 ``overloaded`` beyond it)."""
+        self.admission.acquire(n)
         try:
-            return model, await self.engine.classify(model, images)
+            return await run()
         finally:
-            self.admission.release(len(images))
+            self.admission.release(n)
 
 
 def _ready_dir() -> Path:

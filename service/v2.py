@@ -131,7 +131,7 @@ def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) ->
     return {
         "name": name,
         "versions": [str(version)],
-        "platform": artifacts.RUNTIMES[runtime].platform,
+        "platform": artifacts.PLATFORMS[runtime],
         "inputs": [
             {"name": TENSOR_INPUT, "datatype": "UINT8", "shape": shape},
             {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from training.litert import (
     non_builtin_operators,
     operator_names,
     read_embedded,
+    write_rgb_saved_model,
 )
 from training.run_folder import REPORT_FILES, FinishedRun, RunFolder, RunFolderError
 from training.tflite_metadata import ImageModelInfo
@@ -205,25 +207,32 @@ def _build_tflite(
     )
     built: dict[str, FormatEntry] = {SAVED_MODEL.key: saved}
     calibration = RunFolder(run.path).read_calibration()
-    gray_model = model if run.contract.channels == 1 else None
-    for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
-        log.info("converting %s", spec.path)
-        data, entry = convert_tflite(
-            tmp / SAVED_MODEL.path, spec.precision, calibration, gray_model=gray_model
-        )
-        path = tmp / spec.path
-        path.write_bytes(data)
-        ops = check_builtin_only(path)
-        log.info("%s: %d bytes, operators %s", spec.path, len(data), ", ".join(ops))
-        entry = dataclasses.replace(entry, path=spec.path)
-        embed_metadata(
-            path,
-            run.labels,
-            _embedded_metadata(name, version, run, entry),
-            _metadata_info(name, version, run, entry),
-        )
-        check_tflite_file(path, run.labels)
-        built[spec.key] = entry
+    gray = run.contract.channels == 1
+    rgb_sources: dict[bool, Path] = {}  # a grayscale model's RGB entry points, by exactness
+    with tempfile.TemporaryDirectory(prefix="handserve-rgb-") as scratch:
+        for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
+            log.info("converting %s", spec.path)
+            source = tmp / SAVED_MODEL.path
+            if gray:  # each written once, for the files that share it
+                exact = spec.precision != "int8"
+                if exact not in rgb_sources:
+                    rgb_sources[exact] = Path(scratch) / ("exact" if exact else "weighted-sum")
+                    write_rgb_saved_model(model, rgb_sources[exact], exact=exact)
+                source = rgb_sources[exact]
+            data, entry = convert_tflite(source, spec.precision, calibration, rgb=gray)
+            path = tmp / spec.path
+            path.write_bytes(data)
+            ops = check_builtin_only(path)
+            log.info("%s: %d bytes, operators %s", spec.path, len(data), ", ".join(ops))
+            entry = dataclasses.replace(entry, path=spec.path)
+            embed_metadata(
+                path,
+                run.labels,
+                _embedded_metadata(name, version, run, entry),
+                _metadata_info(name, version, run, entry),
+            )
+            check_tflite_file(path, run.labels)
+            built[spec.key] = entry
     return built
 
 

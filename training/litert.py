@@ -9,7 +9,6 @@ the luma in their graph, because task libraries feed RGB frames.
 from __future__ import annotations
 
 import json
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +40,7 @@ def convert_tflite(
     precision: str,
     calibration: np.ndarray | None = None,
     *,
-    gray_model: Any = None,
+    rgb: bool = False,
 ) -> tuple[bytes, FormatEntry]:
     """Convert the SavedModel to LiteRT with built-in operators only.
 
@@ -51,9 +50,8 @@ def convert_tflite(
     ``.tflite`` is read the same way.
 
     Args:
-        gray_model: for a grayscale model, the Keras model: the file is then converted from a
-            graph that takes RGB ``(N, H, W, 3)`` and computes the luma first
-            (:func:`write_rgb_saved_model`), because on-device task libraries feed RGB frames.
+        rgb: ``saved_model`` is a grayscale model's RGB entry point
+            (:func:`write_rgb_saved_model`): the grey calibration images go in as RGB.
 
     Returns:
         The flatbuffer and a FormatEntry (path left empty) with the tensor types and the input
@@ -61,19 +59,7 @@ def convert_tflite(
     """
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="handserve-rgb-") as scratch:
-        if gray_model is not None:  # the same model behind an RGB entry point
-            saved_model = Path(scratch) / artifacts.SAVED_MODEL.path
-            write_rgb_saved_model(gray_model, saved_model, exact=precision != "int8")
-        conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
-        return _convert(conv, precision, calibration, rgb=gray_model is not None)
-
-
-def _convert(
-    conv: Any, precision: str, calibration: np.ndarray | None, *, rgb: bool
-) -> tuple[bytes, FormatEntry]:
-    import tensorflow as tf
-
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), ["serving_default"])
     # Built-ins only: Flex (SELECT_TF_OPS) would need the TensorFlow runtime on the phone.
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if precision == "float16":

@@ -105,7 +105,7 @@ def _train_into(
         model, cfg, inputs, strategy=strategy, checkpoint=checkpoint, verbose=verbose
     )
     if keras.mixed_precision.global_policy().name != "float32" or strategy.num_replicas_in_sync > 1:
-        model = _as_float32(model, cfg, dataset)
+        model = _plain_float32_copy(model, cfg, dataset)
     metrics = evaluate_mod.compute_metrics(model, dataset, batch_size=max(cfg.batch_size, 128))
     confusion = metrics.pop("confusion_matrix")
     metrics.update(training_summary(records, len(dataset.train), cfg))
@@ -114,7 +114,7 @@ def _train_into(
     return metrics
 
 
-def _as_float32(model: keras.Model, cfg: TrainConfig, dataset: Dataset) -> keras.Model:
+def _plain_float32_copy(model: keras.Model, cfg: TrainConfig, dataset: Dataset) -> keras.Model:
     """The same weights in a float32, single-device model: what is saved, scored and exported.
 
     Mixed precision keeps float32 variables and only computes in float16/bfloat16, so the

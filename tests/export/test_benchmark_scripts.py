@@ -7,13 +7,12 @@ and are not judged here; what must hold is that they train, export, verify and p
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from handserve import artifacts
+from tests.bench_scripts import run_benchmark
 from tests.conftest import REPO
 from tests.data.conftest import fake_mnist_arrays, write_idx
 
@@ -32,18 +31,6 @@ def fake_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_idx(mnist / "t10k-images-idx3-ubyte.gz", data["x_test"])
     write_idx(mnist / "t10k-labels-idx1-ubyte.gz", data["y_test"])
     return shared
-
-
-def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
-    assert "Traceback" not in done.stderr, done.stderr[-4000:]
-    return done
 
 
 def test_train_bench_trains_and_records_its_row(fake_shared: Path, tmp_path: Path) -> None:

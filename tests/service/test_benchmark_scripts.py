@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from handserve import artifacts
-from tests.service.helpers import REPO, digit_png
+from tests.bench_scripts import run_benchmark
+from tests.service.helpers import digit_png
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
-
-
-def run_benchmark(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-    )
-    assert "Traceback" not in done.stderr, done.stderr[-4000:]
-    return done
 
 
 def table_rows(stdout: str) -> list[list[str]]:

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from handserve.artifacts import ArtifactError, load_verified
 from handserve.images import decode_image
 from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
-from tests.fixtures_server import free_port, stop_server, wait_ready
+from tests.fixtures_server import serving, wait_ready
 from tests.lockfile import REQUIREMENTS, pins
 from tests.service.helpers import REPO, corrupt, digit_png, running_server
 
@@ -251,34 +250,29 @@ def bento_venv(cpu_bento: Path) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _serve_bento(venv: Path, bento: Path, scratch: Path, port: int) -> Iterator[Path]:
-    """``bentoml serve`` of the Bento folder as the image runs it: its own environment
-    variables, an unwritable HOME, writable places only under ``scratch``."""
-    meta = yaml.safe_load((bento / "bento.yaml").read_text())
-    env = {
+def _image_env(venv: Path, scratch: Path, **extra: str) -> dict[str, str]:
+    """The environment a container of the image gives a server: the Bento's environment on
+    PATH, an unwritable HOME, writable places only under ``scratch``, and ``extra``."""
+    return {
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "HOME": "/nonexistent",
         "TMPDIR": str(scratch),
         "BENTOML_HOME": str(scratch / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
-        **{e["name"]: e["value"] for e in meta["envs"]},
+        **extra,
     }
-    cmd = [str(venv / "bin" / "python"), "-m", "bentoml", "serve", str(bento)]
-    log_path = scratch / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*_as_nobody(), *cmd, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=bento,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield log_path
-    finally:
-        stop_server(proc, timeout=20)
+
+
+@contextlib.contextmanager
+def _serve_as_nobody(
+    venv: Path, target: str, cwd: Path, env: dict[str, str], scratch: Path
+) -> Iterator[str]:
+    """``bentoml serve TARGET`` with ``venv``'s Python as uid 65534 (when root), ready."""
+    argv = [str(venv / "bin" / "python"), "-m", "bentoml", "serve", target]
+    log = scratch / "server.log"
+    with serving(argv, env=env, cwd=cwd, log_path=log, prefix=_as_nobody()) as (url, proc):
+        wait_ready(url, proc, timeout=150, log_path=log)
+        yield url
 
 
 @pytest.mark.server
@@ -299,16 +293,9 @@ def test_built_bento_serves_from_its_own_requirements_as_non_root(
         scratch.mkdir()
         if _as_nobody():
             os.chown(scratch, NOBODY, NOBODY)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with _serve_bento(venv, bento, scratch, port) as log:
-            deadline = time.monotonic() + 150
-            status = None
-            while time.monotonic() < deadline and status != 200:
-                time.sleep(0.5)
-                with contextlib.suppress(requests.RequestException):
-                    status = requests.get(url + "/readyz", timeout=2).status_code
-            assert status == 200, log.read_text()[-4000:]
+        meta = yaml.safe_load((bento / "bento.yaml").read_text())
+        env = _image_env(venv, scratch, **{e["name"]: e["value"] for e in meta["envs"]})
+        with _serve_as_nobody(venv, str(bento), bento, env, scratch) as url:
             r = requests.post(url + "/predict", files={"image": digit_png(4)}, timeout=30)
             assert r.status_code == 200, r.text
             body = r.json()
@@ -403,38 +390,17 @@ def test_a_version_exported_by_one_user_serves_from_a_server_running_as_another(
         scratch = root / "scratch"
         scratch.mkdir()
         os.chown(scratch, NOBODY, NOBODY)
-        port = free_port()
-        env = {
-            "PATH": f"{bento_venv / 'bin'}:/usr/bin:/bin",
-            "HOME": "/nonexistent",
-            "TMPDIR": str(scratch),
-            "BENTOML_HOME": str(scratch / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "PYTHONPATH": str(REPO),
-            "HANDSERVE_MODELS_DIR": str(models),
-            "HANDSERVE_RUNTIME": "litert",
-        }
-        python = str(bento_venv / "bin" / "python")
-        cmd = [python, "-m", "bentoml", "serve", "service.service:HandServe"]
-        with open(scratch / "server.log", "wb") as log:
-            proc = subprocess.Popen(
-                [*_as_nobody(), *cmd, "--port", str(port), "--host", "127.0.0.1"],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            try:
-                wait_ready(url, proc, timeout=150)
-            except (RuntimeError, TimeoutError) as exc:
-                pytest.fail(f"{exc}:\n{(scratch / 'server.log').read_text()[-4000:]}")
+        env = _image_env(
+            bento_venv,
+            scratch,
+            PYTHONPATH=str(REPO),
+            HANDSERVE_MODELS_DIR=str(models),
+            HANDSERVE_RUNTIME="litert",
+        )
+        target = "service.service:HandServe"
+        with _serve_as_nobody(bento_venv, target, REPO, env, scratch) as url:
             r = requests.post(url + "/predict", files={"image": digit_png(4)}, timeout=30)
             assert r.status_code == 200, r.text
             assert (r.json()["model"], r.json()["version"]) == ("tiny", 1)
-        finally:
-            stop_server(proc, timeout=20)
     finally:
         shutil.rmtree(root, ignore_errors=True)

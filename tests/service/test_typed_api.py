@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import bentoml
 import pytest
 import requests
 
-from tests.fixtures_server import free_port, stop_server, wait_ready
+from tests.fixtures_server import serving, wait_ready
 from tests.service.helpers import REPO, digit_png
 
 pytestmark = pytest.mark.server
@@ -124,7 +123,6 @@ def test_the_openapi_document_lists_the_typed_endpoints(server) -> None:
 
 @pytest.mark.slow
 def test_a_service_composing_handserve_gets_the_same_answer(server, images, tmp_path) -> None:
-    port = free_port()
     env = {
         **os.environ,
         "HANDSERVE_URL": server.url,
@@ -132,22 +130,10 @@ def test_a_service_composing_handserve_gets_the_same_answer(server, images, tmp_
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONPATH": str(REPO),
     }
-    cmd = [sys.executable, "-m", "bentoml", "serve", "tests.service.composed:Front"]
-    with open(tmp_path / "front.log", "wb") as log:
-        proc = subprocess.Popen(
-            [*cmd, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_ready(url, proc, timeout=120)
-        except (RuntimeError, TimeoutError) as exc:
-            pytest.fail(f"{exc}:\n{(tmp_path / 'front.log').read_text()[-4000:]}")
+    argv = [sys.executable, "-m", "bentoml", "serve", "tests.service.composed:Front"]
+    log = tmp_path / "front.log"
+    with serving(argv, env=env, cwd=REPO, log_path=log) as (url, proc):
+        wait_ready(url, proc, timeout=120, log_path=log)
         for path in images:
             r = requests.post(
                 url + "/best_label",
@@ -158,5 +144,3 @@ def test_a_service_composing_handserve_gets_the_same_answer(server, images, tmp_
             assert r.status_code == 200, r.text
             best = predicted(server.url, path)["predictions"][0]["label"]
             assert r.json() == {"label": best, "via": "bentoml.depends"}
-    finally:
-        stop_server(proc)
