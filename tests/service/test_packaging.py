@@ -373,7 +373,8 @@ def test_a_version_exported_by_one_user_serves_from_a_server_running_as_another(
 ) -> None:
     """A training Job and a Deployment (or a host folder and a container) with different uids:
     exported by root under a strict umask, served by uid 65534 straight from the folder (with
-    the Bento's environment, which that user can run, and this checkout's service code)."""
+    the Bento's environment and a copy of this checkout's service code, which that user can
+    read)."""
     if not _as_nobody():
         pytest.skip("runs the server as another uid with setpriv, which needs root")
     from training.export import export_run
@@ -390,15 +391,23 @@ def test_a_version_exported_by_one_user_serves_from_a_server_running_as_another(
         scratch = root / "scratch"
         scratch.mkdir()
         os.chown(scratch, NOBODY, NOBODY)
+        # The service's code where that user can read it: the checkout may sit in a folder only
+        # its owner may enter (a mktemp -d clone is 0700).
+        src = root / "src"
+        for package in ("handserve", "service"):
+            shutil.copytree(
+                REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        subprocess.run(["chmod", "-R", "a+rX", str(src)], check=True)
         env = _image_env(
             bento_venv,
             scratch,
-            PYTHONPATH=str(REPO),
+            PYTHONPATH=str(src),
             HANDSERVE_MODELS_DIR=str(models),
             HANDSERVE_RUNTIME="litert",
         )
         target = "service.service:HandServe"
-        with _serve_as_nobody(bento_venv, target, REPO, env, scratch) as url:
+        with _serve_as_nobody(bento_venv, target, src, env, scratch) as url:
             r = requests.post(url + "/predict", files={"image": digit_png(4)}, timeout=30)
             assert r.status_code == 200, r.text
             assert (r.json()["model"], r.json()["version"]) == ("tiny", 1)
