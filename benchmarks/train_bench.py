@@ -140,7 +140,7 @@ def run_one(label: str, settings: dict[str, Any], runs_dir: Path) -> dict[str, A
     from training.train import train
 
     values = {**settings, "runs_dir": str(runs_dir)}
-    cfg = configs.build(TrainConfig, values, f"benchmark {label}")
+    cfg = TrainConfig.load(flags=values)
     load_before = load_average()
     start = time.perf_counter()
     result = train(cfg, verbose=2)
@@ -236,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "bench")
     parser.add_argument("--per-class", type=int, default=30, help="(c) training images per class")
     parser.add_argument("--test-per-class", type=int, default=40, help="(c) test images per class")
-    configs.add_arguments(parser, TrainConfig, skip=("runs_dir",))
+    TrainConfig.add_arguments(parser, only=set(TrainConfig.model_fields) - {"runs_dir"})
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    overrides = configs.overrides_from_args(args, TrainConfig)
+    overrides = TrainConfig.flags_given(args)
     data_root = args.shared / "data"
     weights = args.shared / "weights" / MOBILENET_V2_FILE
     runs_dir = args.runs_dir

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from handserve import integers
 from handserve.images import ImageSpec, color_mode_for
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,8 @@ LABELS = "labels.txt"
 SAMPLES = "samples.npz"
 REPORT_DIR = "report"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_VERSION_RE = re.compile(r"^[1-9][0-9]{0,17}$")  # ASCII only: str.isdigit() accepts "²"
 #: The staging folder that reserves version N is named ``.staging-N`` (see staging_version).
-_STAGING_RE = re.compile(r"^\.staging-([1-9][0-9]{0,17})$")
+_STAGING = ".staging-"
 #: Published folders are readable by every user (a server may run as another uid than the
 #: exporter: a host folder mounted into a container, a training Job and a Deployment).
 DIR_MODE, FILE_MODE = 0o755, 0o644
@@ -451,7 +451,7 @@ def list_versions(models_dir: Path, name: str) -> list[int]:
     root = Path(models_dir) / name
     if not root.is_dir():
         return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and _VERSION_RE.match(p.name))
+    return sorted(n for p in root.iterdir() if p.is_dir() and (n := version_number(p.name)))
 
 
 def _reserved_versions(models_dir: Path, name: str) -> list[int]:
@@ -459,7 +459,17 @@ def _reserved_versions(models_dir: Path, name: str) -> list[int]:
     root = Path(models_dir) / name
     if not root.is_dir():
         return []
-    return [int(m.group(1)) for p in root.iterdir() if (m := _STAGING_RE.match(p.name))]
+    return [
+        n
+        for p in root.iterdir()
+        if p.name.startswith(_STAGING) and (n := version_number(p.name[len(_STAGING) :]))
+    ]
+
+
+def version_number(name: str) -> int | None:
+    """A version folder's number (``1``, ``12``), or None for any other name (``01``, ``²``)."""
+    number = integers.ascii_int(name)
+    return number if number and not name.startswith("0") else None
 
 
 def list_models(models_dir: Path) -> dict[str, list[int]]:
@@ -505,7 +515,7 @@ def staging(models_dir: Path, name: str) -> Iterator[Path]:
     """
     root = Path(models_dir) / validate_name(name)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=_STAGING, dir=root))
     try:
         yield tmp
     finally:
@@ -533,7 +543,7 @@ def staging_version(models_dir: Path, name: str) -> Iterator[tuple[Path, int]]:
     _mkdirs_readable(root)
     while True:
         version = next_version(models_dir, name)
-        tmp = root / f".staging-{version}"
+        tmp = root / f"{_STAGING}{version}"
         try:
             tmp.mkdir()
         except FileExistsError:

@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 
 from handserve import configs
-from service import config as service_config
-from service.config import CONFIG_ENV, load_service_config, to_env
+from service.config import CONFIG_ENV, ServiceConfig, load_service_config, to_env
 
 log = logging.getLogger(__name__)
 SERVICE = "service.service:HandServe"
@@ -32,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the command and environment, do not run"
     )
-    service_config.add_arguments(parser)
+    ServiceConfig.add_arguments(parser)
 
 
 def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -40,11 +39,11 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).resolve())
-    overrides = service_config.overrides_from_args(args)
-    if "models_dir" in overrides:  # workers may start elsewhere: pass an absolute path
-        overrides["models_dir"] = str(Path(overrides["models_dir"]).resolve())
-    env.update(to_env(overrides))
-    load_service_config(environ=env)  # fail here, with the key named, not in a worker
+    flags = ServiceConfig.flags_given(args)
+    if "models_dir" in flags:  # workers may start elsewhere: pass an absolute path
+        flags["models_dir"] = str(Path(flags["models_dir"]).resolve())
+    load_service_config(environ=env, flags=flags)  # fail here, naming the flag, not in a worker
+    env.update(to_env(flags))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--port", str(args.port)]

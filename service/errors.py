@@ -72,6 +72,21 @@ class ApiError(Exception):
         return {"error": self.message}
 
 
+def json_object(text: bytes, what: str) -> dict[str, Any]:
+    """``text`` parsed as a JSON object, else a ``bad_json`` error naming ``what`` it was.
+
+    Both request bodies (``/predict``'s JSON and the v2 inference header) come through here.
+    """
+    try:
+        data = json.loads(text)
+    # ValueError: JSONDecodeError, and an integer of over 4,300 digits (Python's limit)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError("bad_json", f"{what} is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(data, dict):
+        raise ApiError("bad_json", f"{what} must be a JSON object")
+    return data
+
+
 def is_input_error(code: str) -> bool:
     """Refusals caused by what the client sent (counted in rejected_inputs_total)."""
     return code not in (

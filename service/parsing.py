@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ApiError
+from handserve import integers
+from service.errors import ApiError, json_object
 from service.schemas import PARAMS, Params, describe_validation
 
 #: A JSON predict body is one object holding a list at most: more brackets than this is not one
@@ -70,13 +70,14 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     client that stops mid-body gets a 408 in seconds instead of holding a slot until the
     server's request timeout.
     """
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not (length.isascii() and length.isdigit() and len(length) <= 18):
+    header = request.headers.get("content-length")
+    if header is not None:
+        length = integers.ascii_int(header)
+        if length is None:
             raise ApiError("bad_request", "Content-Length is not a number")
-        if int(length) > limit:
+        if length > limit:
             raise ApiError(
-                "body_too_large", f"the body is {int(length):,} bytes, over the limit of {limit:,}"
+                "body_too_large", f"the body is {length:,} bytes, over the limit of {limit:,}"
             )
     chunks, size = [], 0
     try:
@@ -111,14 +112,7 @@ def _load_json(body: bytes, batch: bool, max_images: int) -> dict[str, Any]:
         raise ApiError(
             "too_many_images", f"the JSON list holds more than {max_images} images per request"
         )
-    try:
-        data = json.loads(body)
-    # ValueError: JSONDecodeError, and an integer of over 4,300 digits (Python's limit)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError("bad_json", f"the body is not valid JSON: {exc}"[:300]) from None
-    if not isinstance(data, dict):
-        raise ApiError("bad_json", "the JSON body must be an object")
-    return data
+    return json_object(body, "the body")
 
 
 async def _from_multipart(request: Request, max_images: int) -> tuple[list[bytes], dict[str, Any]]:

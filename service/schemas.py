@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from handserve import integers
+
 #: The longest model name accepted (and so the longest ever echoed back in an error).
 MAX_NAME_LENGTH = 128
 #: Integers are at most this many ASCII digits: enough for any version or top_k, far below the
@@ -29,13 +31,8 @@ def _strict_int(value: Any) -> Any:
         raise ValueError("must be a whole number, not a boolean")
     if isinstance(value, int):
         return value
-    if (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_INT_DIGITS
-        and value.isascii()
-        and value.isdigit()
-    ):
-        return int(value)
+    if isinstance(value, str) and (number := integers.ascii_int(value, MAX_INT_DIGITS)) is not None:
+        return number
     raise ValueError(f"must be a whole number of 1 to {MAX_INT_DIGITS} ASCII digits")
 
 

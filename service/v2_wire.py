@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.errors import ApiError
+from handserve import integers
+from service.errors import ApiError, json_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OUTPUT = "probabilities"
@@ -60,10 +61,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     if header_length is None:
         json_part, binary = body, b""
     else:
-        text = header_length.strip()
-        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        size = integers.ascii_int(header_length.strip())
+        if size is None:
             raise ApiError("bad_request", f"{HEADER_LENGTH} is not a number")
-        size = int(text)
         if size > len(body):
             raise ApiError(
                 "bad_request",
@@ -72,14 +72,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
         json_part, binary = body[:size], body[size:]
     if not json_part.strip():
         raise ApiError("empty", "the request has no JSON inference header")
-    try:
-        data = json.loads(json_part)
-    # ValueError: JSONDecodeError, and an integer of over 4,300 digits (Python's limit)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError("bad_json", f"the inference header is not valid JSON: {exc}"[:300]) from None
-    if not isinstance(data, dict):
-        raise ApiError("bad_json", "the inference header must be a JSON object")
-    return data, binary
+    return json_object(json_part, "the inference header"), binary
 
 
 def deserialize_bytes(raw: bytes) -> list[bytes]:

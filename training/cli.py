@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from handserve import configs
 from handserve.artifacts import ArtifactError
 from handserve.configs import ConfigError
 from training import run_folder
@@ -49,7 +47,7 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--list-backbones", action="store_true", help="list the backbone names and exit"
     )
-    configs.add_arguments(parser, TrainConfig)
+    TrainConfig.add_arguments(parser)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -63,7 +61,7 @@ def run_train(args: argparse.Namespace) -> int:
         say(model_mod.list_backbones())
         return 0
     try:
-        cfg = configs.load(TrainConfig, args.config, configs.overrides_from_args(args, TrainConfig))
+        cfg = TrainConfig.load(args.config, flags=TrainConfig.flags_given(args))
         # Keras writes progress to stdout; keep stdout for the result lines scripts read.
         with contextlib.redirect_stdout(sys.stderr):
             result = train(cfg)
@@ -90,9 +88,7 @@ def configure_evaluate(parser: argparse.ArgumentParser) -> None:
     """``handserve evaluate MODEL_OR_RUN --dataset X [data flags] [--output FILE]``."""
     parser.add_argument("model", type=Path, metavar="MODEL_OR_RUN")
     parser.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
-    fields = [f.name for f in dataclasses.fields(TrainConfig)]
-    skip = tuple(f for f in fields if f not in ("dataset", *DATA_FIELDS))
-    configs.add_arguments(parser, TrainConfig, skip=skip)
+    TrainConfig.add_arguments(parser, only=("dataset", *DATA_FIELDS))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -101,12 +97,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from training.data import DataError
 
     try:
-        overrides = configs.overrides_from_args(args, TrainConfig)
+        overrides = TrainConfig.flags_given(args)
         model_file = evaluate.find_model_file(args.model)
         # Folder datasets have no native size: default to the one the model was trained on.
         for key, value in run_folder.data_defaults(model_file.parent).items():
             overrides.setdefault(key, value)
-        cfg = configs.load(TrainConfig, None, overrides)
+        cfg = TrainConfig.load(flags=overrides)
         report = evaluate.evaluate(model_file, cfg)
     except (DataError, ConfigError, run_folder.RunFolderError) as exc:
         say(f"error: {exc}", err=True)

@@ -1,21 +1,22 @@
 """``TrainConfig``: every training knob, with the reason for its default.
 
-A pydantic dataclass: every value's type is checked when it is made, from a YAML/TOML file by
-:func:`handserve.configs.load` or from ``handserve train`` flags (one flag per field). The
+A :class:`handserve.configs.Settings` class, like the service's: strict types (an integer is
+accepted where a number is wanted, nothing else is converted), defaults < a YAML/TOML/JSON file
+(``--config``) < ``handserve train`` flags (one flag per field); no environment variables. The
 resolved config is saved as ``config.json`` in the run folder and copied into every export's
 manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import field
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator
-from pydantic.dataclasses import dataclass
+from pydantic import BeforeValidator, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
+from handserve import integers
 from handserve.artifacts import validate_name
-from handserve.configs import STRICT
+from handserve.configs import Settings, setting
 
 #: Share of a folder dataset without ``test/`` held out as its test split, by default.
 FOLDER_TEST_FRACTION = 0.1
@@ -26,10 +27,11 @@ DEFAULT_FINE_TUNE_EPOCHS = 3
 def _devices(value: Any) -> Any:
     """``--devices``: a positive count (a config file may give it as a number) or ``all``."""
     text = str(value).strip().lower() if isinstance(value, int | str) else value
+    wrong = ValueError("must be a positive count or 'all'")
     if isinstance(value, bool) or not isinstance(text, str):
-        raise ValueError(f"devices must be a positive count or 'all', got {value!r}")
-    if text != "all" and not (text.isascii() and text.isdigit() and int(text) >= 1):
-        raise ValueError(f"devices must be a positive count or 'all', got {value!r}")
+        raise wrong
+    if text != "all" and (integers.ascii_int(text) or 0) < 1:
+        raise wrong
     return text
 
 
@@ -41,164 +43,159 @@ Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
 Schedule = Literal["constant", "cosine", "step"]
 
 
-def _f(default: Any, help: str, shown: str | None = None) -> Any:
-    """A field with its ``--flag`` help; ``shown`` is the default the help states, when the
-    field's own default (``None``) means "decided from other fields"."""
-    metadata = {"help": help} if shown is None else {"help": help, "shown_default": shown}
-    return field(default=default, metadata=metadata)
-
-
-@dataclass(frozen=True, config=STRICT)
-class TrainConfig:
+class TrainConfig(Settings):
     """One training run. Defaults train the quickstart model (small CNN on embedded digits)."""
+
+    model_config = SettingsConfigDict(strict=True)
 
     # --- data
     # Embedded 8x8 scikit-learn digits upscaled to 28x28: real handwriting with no download.
-    dataset: Dataset = _f("digits", "digits (embedded), mnist, sign_mnist or folder")
+    dataset: Dataset = setting("digits", "the data set (digits: embedded, no download)")
     # None: download (mnist) or fail with a message naming this flag.
-    data_dir: str | None = _f(None, "folder with the dataset files (IDX/npz, CSVs, or images)")
+    data_dir: str | None = setting(None, "folder with the dataset files (IDX/npz, CSVs, or images)")
     # Folder datasets have no native size; 96 keeps MobileNet features useful and CPU-cheap.
-    image_size: int = _f(96, "native height/width images of a folder dataset are resized to")
+    image_size: int = setting(
+        96, "native height/width images of a folder dataset are resized to", ge=8
+    )
     # RGB photos are the common case for folders; MNIST-style data sets its own mode.
-    color_mode: Literal["rgb", "grayscale"] = _f("rgb", "colour mode for folder datasets")
+    color_mode: Literal["rgb", "grayscale"] = setting("rgb", "colour mode for folder datasets")
     # 10% is enough to early-stop on without starving training of examples.
-    val_fraction: float = _f(0.1, "fraction of the training data held out for validation")
+    val_fraction: float = setting(
+        0.1, "fraction of the training data held out for validation", ge=0.0, lt=1.0
+    )
     # Folders without test/: this much of train/ is held out as a test split that neither
     # training nor checkpoint selection sees, so the report has an honest number (0: none).
-    test_fraction: float | None = _f(
+    test_fraction: float | None = setting(
         None,
         "fraction held out as test when a folder has no test/",
         shown=f"{FOLDER_TEST_FRACTION}",
+        ge=0.0,
+        lt=1.0,
     )
     # None: use everything. Small numbers make quick runs and tests.
-    limit: int | None = _f(None, "use at most this many training images (quick runs)")
+    limit: int | None = setting(
+        None, "use at most this many training images (quick runs)", ge=2
+    )
 
     # --- model
     # The DLI course's ASL CNN trains from scratch offline; pretrained backbones need weights.
-    backbone: str = _f("cnn", "backbone name; see `handserve train --list-backbones`")
+    backbone: str = setting("cnn", "backbone name; see `handserve train --list-backbones`")
     # "imagenet" uses Keras' download/cache; a path loads a local file; "none" is random init.
-    weights: str = _f("imagenet", "imagenet, none, or a path to a .h5/.weights.h5 file")
+    weights: str = setting("imagenet", "imagenet, none, or a path to a .h5/.weights.h5 file")
     # None: the backbone's preferred size (e.g. 96 for MobileNets, 224 for VGG16).
-    backbone_size: int | None = _f(None, "size images are resized to inside the model")
-    dropout: float = _f(0.2, "dropout before the classifier head")
+    backbone_size: int | None = setting(None, "size images are resized to inside the model")
+    dropout: float = setting(0.2, "dropout before the classifier head", ge=0.0, lt=1.0)
 
     # --- augmentation (training only; never part of the exported graph)
-    augment: bool = _f(True, "random augmentation of training images")
-    rotation: float = _f(0.03, "max rotation as a fraction of a full turn (0.03 ≈ 11°)")
-    zoom: float = _f(0.1, "max zoom in/out fraction")
-    translate: float = _f(0.1, "max shift as a fraction of height/width")
-    contrast: float = _f(0.1, "max contrast change fraction")
-    brightness: float = _f(0.1, "max brightness change fraction")
+    augment: bool = setting(True, "random augmentation of training images")
+    rotation: float = setting(0.03, "max rotation as a fraction of a full turn (0.03 ≈ 11°)")
+    zoom: float = setting(0.1, "max zoom in/out fraction")
+    translate: float = setting(0.1, "max shift as a fraction of height/width")
+    contrast: float = setting(0.1, "max contrast change fraction")
+    brightness: float = setting(0.1, "max brightness change fraction")
     # Off for every dataset, folders included: a mirrored hand can be another sign (or the other
     # hand), a mirrored digit is not a digit. configs/objects.yaml turns it on for objects.
-    flip: bool = _f(False, "random horizontal flip (on for photos of objects, off for hands)")
+    flip: bool = setting(False, "random horizontal flip (on for photos of objects, off for hands)")
     # MixUp (Zhang et al. 2018) blends pairs of training images and their labels, with weights
     # drawn from Beta(mixup, mixup): on a small folder a fine-tuned backbone otherwise learns
     # its training images by heart (training loss 0.002 on the fruit photos). 0: off; like the
     # rest of this block, only with ``augment``.
-    mixup: float = _f(0.0, "MixUp strength alpha for training batches (0: off)")
+    mixup: float = setting(
+        0.0, "MixUp strength alpha for training batches (0: off)", ge=0.0, le=1.0
+    )
 
     # --- optimisation
     # 20 is a cap, not a target: early stopping ends most runs sooner. The embedded digits
     # (1,300 training images) need about 20 short epochs to settle.
-    epochs: int = _f(20, "epochs of phase 1 (frozen backbone, new head)")
+    epochs: int = setting(20, "epochs of phase 1 (frozen backbone, new head)", ge=1)
     # Phase 2 (fine-tuning) runs only for pretrained backbones. None: DEFAULT_FINE_TUNE_EPOCHS
     # with pretrained weights (what "fine-tunes a pretrained backbone" promises), none from
     # scratch (a from-scratch net trains fully in phase 1). 3 short epochs fit a CPU.
-    fine_tune_epochs: int | None = _f(
+    fine_tune_epochs: int | None = setting(
         None,
         "epochs of phase 2, the top of a pretrained backbone unfrozen at a lower rate",
         shown=f"{DEFAULT_FINE_TUNE_EPOCHS} with pretrained weights, 0 from scratch",
+        ge=0,
     )
     # The top 30 layers of MobileNetV2 (its last two blocks) adapt its features to new photos
     # cheaply; unfreezing all of it is slow on a CPU and overfits a small folder. -1 = all.
     # BatchNorm stays in inference mode either way.
-    fine_tune_layers: int = _f(
+    fine_tune_layers: int = setting(
         30, "layers at the top of the backbone unfrozen in phase 2 (-1: all)"
     )
     # Fine-tuning at the phase-1 rate would wreck pretrained features.
-    fine_tune_lr_factor: float = _f(0.1, "phase-2 learning rate = learning_rate × this")
-    optimizer: Optimizer = _f("adam", "sgd, momentum, adam, rmsprop, adagrad or adadelta")
-    learning_rate: float = _f(1e-3, "initial learning rate")
-    momentum: float = _f(0.9, "momentum for the momentum optimizer")
-    schedule: Schedule = _f("cosine", "learning-rate schedule: constant, cosine or step")
-    step_epochs: int = _f(3, "step schedule: decay every this many epochs")
-    step_gamma: float = _f(0.5, "step schedule: multiply the rate by this at each step")
+    fine_tune_lr_factor: float = setting(0.1, "phase-2 learning rate = learning_rate × this")
+    optimizer: Optimizer = setting("adam", "the optimizer")
+    learning_rate: float = setting(1e-3, "initial learning rate", gt=0.0)
+    momentum: float = setting(0.9, "momentum for the momentum optimizer")
+    schedule: Schedule = setting("cosine", "learning-rate schedule")
+    step_epochs: int = setting(3, "step schedule: decay every this many epochs", ge=1)
+    step_gamma: float = setting(0.5, "step schedule: multiply the rate by this at each step")
     # 32: small datasets get enough steps per epoch for BatchNorm statistics to settle.
-    batch_size: int = _f(32, "images per training step")
-    label_smoothing: float = _f(0.0, "label smoothing for the cross-entropy loss")
+    batch_size: int = setting(32, "images per training step", ge=1)
+    label_smoothing: float = setting(
+        0.0, "label smoothing for the cross-entropy loss", ge=0.0, lt=1.0
+    )
     # Decoupled weight decay (AdamW-style when the optimizer is adam); 0 leaves it off.
-    weight_decay: float = _f(0.0, "decoupled weight decay of every optimizer (0: off)")
+    weight_decay: float = setting(
+        0.0, "decoupled weight decay of every optimizer (0: off)", ge=0.0
+    )
     # Fine-tuning a whole backbone on a small folder moves its weights in noisy steps; an
     # exponential moving average of them (Polyak averaging) is what phase 2 validates,
     # checkpoints and exports when this is above 0. 0.99 averages about the last 100 steps.
-    ema: float = _f(0.0, "phase 2: use a moving average of the weights, this momentum (0: off)")
-    class_weights: Literal["none", "balanced"] = _f(
+    ema: float = setting(
+        0.0,
+        "phase 2: use a moving average of the weights, this momentum (0: off)",
+        ge=0.0,
+        lt=1.0,
+    )
+    class_weights: Literal["none", "balanced"] = setting(
         "none", "weight the loss by inverse class frequency (imbalanced data)"
     )
     # Stop when validation loss has not improved for this many epochs; best weights restored.
-    early_stopping: int = _f(5, "early-stopping patience in epochs (0 = off)")
+    early_stopping: int = setting(5, "early-stopping patience in epochs (0 = off)", ge=0)
     # A fresh network's validation loss is noisy for its first epochs (its BatchNorm moving
     # statistics settle within about 50 steps at momentum 0.9, see training.model); stopping
     # is allowed from this epoch of phase 1 on.
-    early_stopping_start: int = _f(5, "epochs before early stopping may end phase 1")
-    checkpoint: bool = _f(True, "save the best model (by validation loss) during training")
+    early_stopping_start: int = setting(
+        5, "epochs before early stopping may end phase 1", ge=0
+    )
+    checkpoint: bool = setting(True, "save the best model (by validation loss) during training")
     # float16 on a GPU; bfloat16 on a CPU with native bfloat16, for the from-scratch baselines
     # only (faster there, slower for MobileNetV2: see training.fitting.precision_policy).
-    mixed_precision: bool = _f(
+    mixed_precision: bool = setting(
         False, "mixed float16 on GPU, bfloat16 on CPUs that have it (cnn/dense only)"
     )
     # None: one device, or MirroredStrategy over every GPU when there are several (as before
     # the flag existed). N or "all": data-parallel over N local devices, GPUs when there are
     # any, else the CPU split into N logical devices (training.fitting.distribution).
-    devices: Devices | None = _f(
+    devices: Devices | None = setting(
         None,
         "data-parallel training over N local devices (GPUs, else logical CPUs) or all",
         shown="one, or every GPU when there are several",
     )
-    seed: int = _f(42, "seed for shuffling, splits, augmentation and initialisation")
+    seed: int = setting(42, "seed for shuffling, splits, augmentation and initialisation")
 
     # --- output
-    runs_dir: str = _f("runs", "where run folders are created")
-    run_name: str | None = _f(None, "run folder name (default: <dataset>-<backbone>-<time>)")
-    export: bool = _f(False, "export the trained model to models/NAME/VERSION when done")
-    export_name: str | None = _f(None, "model name for --export (default: the dataset name)")
-    models_dir: str = _f("models", "where exports are written")
+    runs_dir: str = setting("runs", "where run folders are created")
+    run_name: str | None = setting(None, "run folder name (default: <dataset>-<backbone>-<time>)")
+    export: bool = setting(False, "export the trained model to models/NAME/VERSION when done")
+    export_name: str | None = setting(None, "model name for --export (default: the dataset name)")
+    models_dir: str = setting("models", "where exports are written")
 
-    def __post_init__(self) -> None:
-        checks = [
-            (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
-            (0.0 <= self.folder_test_fraction < 1.0, "test_fraction must be in [0, 1)"),
-            (
-                self.val_fraction + self.folder_test_fraction < 1.0,
-                "val + test fractions must be < 1",
-            ),
-            (self.image_size >= 8, "image_size must be at least 8"),
-            (0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)"),
-            (self.epochs >= 1, "epochs must be at least 1"),
-            (
-                self.fine_tune_epochs is None or self.fine_tune_epochs >= 0,
-                "fine_tune_epochs must be >= 0",
-            ),
-            (self.learning_rate > 0, "learning_rate must be positive"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
-            (self.weight_decay >= 0.0, "weight_decay must be >= 0"),
-            (0.0 <= self.mixup <= 1.0, "mixup must be in [0, 1]"),
-            (0.0 <= self.ema < 1.0, "ema must be in [0, 1)"),
-            (self.early_stopping >= 0, "early_stopping must be >= 0"),
-            (self.early_stopping_start >= 0, "early_stopping_start must be >= 0"),
-            (self.limit is None or self.limit >= 2, "limit must be at least 2"),
-            (self.step_epochs >= 1, "step_epochs must be at least 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        if self.export_name is not None:  # fail before training, not after it
-            try:
-                validate_name(self.export_name)
-            except ValueError as exc:
-                raise ValueError(f"export_name (--export-name): {exc}") from None
+    @field_validator("export_name")
+    @classmethod
+    def _export_name(cls, value: str | None) -> str | None:
+        """A bad model name fails before training, not after it."""
+        if value is not None:
+            validate_name(value)
+        return value
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> TrainConfig:
+        if self.val_fraction + self.folder_test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        return self
 
     @property
     def folder_test_fraction(self) -> float:

@@ -29,7 +29,8 @@ from training.data import Dataset, make_pipeline
 
 log = logging.getLogger(__name__)
 
-_OPTIMIZERS: dict[str, Any] = {
+#: One per value of training.config.Optimizer (tests/unit/test_config.py checks they agree).
+OPTIMIZERS: dict[str, Any] = {
     "sgd": lambda lr, cfg, **kw: keras.optimizers.SGD(learning_rate=lr, **kw),
     "momentum": lambda lr, cfg, **kw: keras.optimizers.SGD(
         learning_rate=lr, momentum=cfg.momentum, **kw
@@ -154,14 +155,14 @@ def split_cpu(count: int) -> None:
 
 def optimizer(cfg: TrainConfig, lr: Any, *, ema: float = 0.0) -> keras.optimizers.Optimizer:
     """The configured optimizer with ``cfg.weight_decay``; ``ema`` > 0 keeps a weight average."""
-    if cfg.optimizer not in _OPTIMIZERS:
+    if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r} (--optimizer)")
     kwargs: dict[str, Any] = {}
     if cfg.weight_decay > 0:
         kwargs["weight_decay"] = cfg.weight_decay
     if ema > 0:
         kwargs.update(use_ema=True, ema_momentum=ema)
-    opt: keras.optimizers.Optimizer = _OPTIMIZERS[cfg.optimizer](lr, cfg, **kwargs)
+    opt: keras.optimizers.Optimizer = OPTIMIZERS[cfg.optimizer](lr, cfg, **kwargs)
     return opt
 
 

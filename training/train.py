@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from handserve import artifacts, configs
+from handserve import artifacts
 from handserve.configs import ConfigError
 from training import augment as augment_mod
 from training import evaluate as evaluate_mod
@@ -165,7 +165,7 @@ def _write_run(
 ) -> None:
     """Every file of :data:`training.run_folder.RUN_FILES`; fails if one is missing after."""
     model.save(run / run_folder.MODEL)
-    run.write_config(configs.to_dict(cfg))
+    run.write_config(cfg.to_dict())
     run.write_dataset(DatasetInfo.of(dataset))
     run.write_environment()
     run.write_history(records)

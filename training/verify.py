@@ -11,7 +11,6 @@ publishes a version, so a version that exists has passed it once.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -335,13 +334,12 @@ def load_test_split(
     from training.config import TrainConfig
     from training.data import load_dataset
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
     keys = ("dataset", "image_size", "color_mode", "val_fraction", "test_fraction")
-    kwargs = {k: training[k] for k in keys if k in training and k in names}
+    kwargs = {k: training[k] for k in keys if k in training}
     if dataset:
         kwargs["dataset"] = dataset
     kwargs["data_dir"] = data_dir
-    ds = load_dataset(TrainConfig(**kwargs))
+    ds = load_dataset(TrainConfig.load(flags=kwargs))
     if ds.test is None:
         raise ValueError(f"{data_dir}: dataset {ds.name!r} has no test split")
     return ds.test.x, ds.test.y, f"test split of {ds.name}, {ds.source}"

@@ -131,7 +131,6 @@ def _check_make(argv: list[str], tmp_path: Path) -> None:
 
 
 def _check_train(argv: list[str]) -> None:
-    from handserve import configs
     from training.cli import configure_train
     from training.config import TrainConfig
 
@@ -139,9 +138,7 @@ def _check_train(argv: list[str]) -> None:
     configure_train(parser)
     args = parser.parse_args(argv[2:])
     assert (REPO / args.config).is_file()
-    cfg = configs.load(
-        TrainConfig, REPO / args.config, configs.overrides_from_args(args, TrainConfig)
-    )
+    cfg = TrainConfig.load(REPO / args.config, flags=TrainConfig.flags_given(args))
     assert cfg.export is True  # step 2 builds from what this exported
 
 

@@ -158,7 +158,6 @@ def _parse_train(args: list[str]) -> argparse.Namespace:
 @needs_kubectl
 @pytest.mark.parametrize("name", ["training", "training-gpu"])
 def test_the_training_job_exports_to_the_volume_the_server_reads(name: str) -> None:
-    from handserve import configs
     from training.config import TrainConfig
 
     resources, spec, container = _train_job(name)
@@ -177,8 +176,7 @@ def test_the_training_job_exports_to_the_volume_the_server_reads(name: str) -> N
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     assert Path(args.config).name in config_map["data"]
     local = K8S / "training" / Path(args.config).name
-    overrides = configs.overrides_from_args(args, TrainConfig)
-    cfg = configs.load(TrainConfig, local, overrides)  # handserve's own validation
+    cfg = TrainConfig.load(local, flags=TrainConfig.flags_given(args))  # handserve's checks
     assert cfg.export is True
     mount, volume = volume_at(cfg.models_dir)
     assert not mount.get("readOnly")

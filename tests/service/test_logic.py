@@ -13,7 +13,7 @@ from handserve.configs import ConfigError
 from handserve.images import ImageDecodeError
 from service import cli as serve_cli
 from service import inference
-from service.config import ServiceConfig, env_overrides, load_service_config, to_env
+from service.config import ServiceConfig
 from service.errors import STATUS, ApiError
 from service.inference import Admission
 from service.metrics import batch_buckets
@@ -96,52 +96,6 @@ def test_admission_is_a_bounded_queue() -> None:
     assert info.value.status == 503 and info.value.headers == {"Retry-After": "2"}
     adm.release(3)
     adm.acquire(4)
-
-
-def test_config_from_env_and_file(tmp_path) -> None:
-    env = {
-        "HANDSERVE_MODELS_DIR": "/m",
-        "HANDSERVE_VERSIONS": "a=2, b=3",
-        "HANDSERVE_ACCESS_LOG": "yes",
-        "HANDSERVE_MAX_LATENCY_MS": "50",
-        "HANDSERVE_DEFAULT_MODEL": "none",
-        "HANDSERVE_UNRELATED": "ignored",
-    }
-    assert env_overrides(env)["versions"] == {"a": 2, "b": 3}
-    cfg = load_service_config(environ=env)
-    assert (cfg.models_dir, cfg.access_log, cfg.max_latency_ms, cfg.default_model) == (
-        "/m",
-        True,
-        50,
-        None,
-    )
-    path = tmp_path / "serve.yaml"
-    path.write_text("max_batch_size: 16\nruntime: savedmodel\n")
-    cfg = load_service_config(str(path), environ={"HANDSERVE_MAX_BATCH_SIZE": "8"})
-    assert (cfg.max_batch_size, cfg.runtime) == (8, "savedmodel")  # env beats file
-    assert load_service_config(environ=to_env({"versions": {"x": 1}, "workers": 2})).workers == 2
-
-
-@pytest.mark.parametrize(
-    "env",
-    [
-        {"HANDSERVE_RUNTIME": "tpu"},
-        {"HANDSERVE_WORKERS": "two"},
-        {"HANDSERVE_WORKERS": "-1"},
-        {"HANDSERVE_VERSIONS": "a=0"},
-        {"HANDSERVE_LITERT_FILE": "model.bin"},
-    ],
-)
-def test_config_refuses_bad_values(env) -> None:
-    with pytest.raises(ConfigError):
-        load_service_config(environ=env)
-
-
-def test_config_file_unknown_key(tmp_path) -> None:
-    path = tmp_path / "serve.toml"
-    path.write_text("max_batch = 3\n")
-    with pytest.raises(ConfigError, match="max_batch"):
-        load_service_config(str(path), environ={})
 
 
 def test_defaults_are_valid() -> None:

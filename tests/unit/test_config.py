@@ -1,4 +1,7 @@
-"""TrainConfig loading: files (YAML, TOML), flag precedence and rejection of bad values."""
+"""TrainConfig loading: files (YAML, TOML), flag precedence and rejection of bad values.
+
+The mechanism is :class:`handserve.configs.Settings`, shared with the service (whose own
+sources, variables included, are tested in tests/service/test_service_config.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from handserve import configs
 from handserve.configs import ConfigError
 from training.config import TrainConfig
 
@@ -17,13 +19,13 @@ REPO = Path(__file__).resolve().parents[2]
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", type=Path, default=None)
-    configs.add_arguments(parser, TrainConfig)
+    TrainConfig.add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def _load(argv: list[str]) -> TrainConfig:
     args = _parse(argv)
-    return configs.load(TrainConfig, args.config, configs.overrides_from_args(args, TrainConfig))
+    return TrainConfig.load(args.config, flags=TrainConfig.flags_given(args))
 
 
 def test_yaml_file_sets_fields(tmp_path: Path) -> None:
@@ -60,34 +62,41 @@ def test_flags_override_file_which_overrides_defaults(tmp_path: Path) -> None:
 def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nlearnig_rate: 0.1\n")
-    with pytest.raises(ConfigError, match="learnig_rate"):
+    with pytest.raises(ConfigError, match=f"{path}: unknown key.s. learnig_rate; known keys"):
         _load(["--config", str(path)])
 
 
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("epochs: three\n", "epochs"),
-        ("augment: 1\n", "augment"),
-        ("optimizer: lion\n", "optimizer"),
+        ("epochs: three\n", "epochs must be an integer, got 'three'"),
+        ("augment: 1\n", "augment must be true or false, got 1"),
+        ("optimizer: lion\n", "optimizer must be one of 'sgd', .*, got 'lion'"),
+        ("epochs: '3'\n", "epochs must be an integer, got '3'"),  # strict: no text for numbers
     ],
 )
-def test_wrong_type_is_rejected(tmp_path: Path, text: str, key: str) -> None:
+def test_wrong_type_is_rejected_naming_the_file(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=key):
+    with pytest.raises(ConfigError, match=f"^{path}: {key}$"):
         _load(["--config", str(path)])
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--epochs", "0"], "epochs"),
-        (["--dropout", "1.5"], "dropout"),
-        (["--val-fraction", "0.6", "--test-fraction", "0.5"], "fractions"),
-        (["--ema", "1"], "ema must be in"),
-        (["--mixup", "2"], "mixup must be in"),
-        (["--weight-decay", "-0.1"], "weight_decay must be"),
+        (["--epochs", "0"], "--epochs: epochs must be >= 1, got 0"),
+        (["--dropout", "1.5"], "--dropout: dropout must be < 1.0, got 1.5"),
+        (
+            ["--val-fraction", "0.6", "--test-fraction", "0.5"],
+            r"val_fraction \+ test_fraction must be < 1 \(given: --val-fraction=0.6, "
+            "--test-fraction=0.5",
+        ),
+        (["--ema", "1"], "--ema: ema must be < 1.0, got 1.0"),
+        (["--mixup", "2"], "--mixup: mixup must be <= 1.0, got 2.0"),
+        (["--weight-decay", "-0.1"], "--weight-decay: weight_decay must be >= 0.0, got -0.1"),
+        (["--devices", "\u00b2"], "--devices: devices must be a positive count or 'all'"),
+        (["--export-name", "My Model"], "--export-name: export_name model name 'My Model'"),
     ],
 )
 def test_invalid_value_is_rejected(flags: list[str], message: str) -> None:
@@ -113,7 +122,7 @@ def test_flip_is_off_by_default_even_for_folders() -> None:
 
 def _help(flag: str) -> str:
     parser = argparse.ArgumentParser()
-    configs.add_arguments(parser, TrainConfig)
+    TrainConfig.add_arguments(parser)
     action = next(a for a in parser._actions if flag in a.option_strings)
     return str(action.help)
 
@@ -124,9 +133,47 @@ def test_help_states_the_real_defaults() -> None:
     assert "3 with pretrained weights, 0 from scratch" in _help("--fine-tune-epochs")
 
 
-def test_bad_export_name_fails_before_training() -> None:
-    with pytest.raises(ValueError, match="--export-name"):
-        TrainConfig(export_name="My Model")
+def test_a_file_value_and_a_flag_are_named_where_they_came_from(tmp_path: Path) -> None:
+    """The flag beats the file, and a bad value is blamed on the source it came from."""
+    path = tmp_path / "c.toml"
+    path.write_text("epochs = 0\n")
+    with pytest.raises(ConfigError, match=f"^{path}: epochs must be >= 1, got 0$"):
+        _load(["--config", str(path)])
+    assert _load(["--config", str(path), "--epochs", "2"]).epochs == 2
+    with pytest.raises(ConfigError, match="^--epochs: epochs must be >= 1, got 0$"):
+        _load(["--config", str(path), "--epochs", "0"])
+
+
+def test_training_reads_no_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run is reproduced from its config.json: no variable, prefixed or not, changes it."""
+    monkeypatch.setenv("EPOCHS", "7")
+    monkeypatch.setenv("HANDSERVE_EPOCHS", "7")
+    monkeypatch.setenv("HANDSERVE_MODELS_DIR", "elsewhere")
+    cfg = _load([])
+    assert (cfg.epochs, cfg.models_dir) == (20, "models")
+
+
+def test_saved_config_loads_back_to_the_same_config() -> None:
+    cfg = _load(["--devices", "2", "--limit", "50", "--dataset", "folder"])
+    assert TrainConfig.load(flags=cfg.to_dict()) == cfg
+
+
+def test_the_choice_lists_agree_with_what_implements_them() -> None:
+    """Each choice list has one source (the Literal in training.config); what implements the
+    choices (the dataset loaders, the optimizers) must offer exactly those."""
+    import typing
+
+    from training.config import Dataset, Optimizer
+    from training.data import SOURCES
+    from training.fitting import OPTIMIZERS
+
+    assert set(SOURCES) == set(typing.get_args(Dataset))
+    assert set(OPTIMIZERS) == set(typing.get_args(Optimizer))
+    parser = argparse.ArgumentParser()
+    TrainConfig.add_arguments(parser)
+    choices = {a.dest: a.choices for a in parser._actions}
+    assert tuple(choices["dataset"]) == typing.get_args(Dataset)
+    assert tuple(choices["optimizer"]) == typing.get_args(Optimizer)
 
 
 def test_pretrained_weights_imply_fine_tuning_and_scratch_does_not() -> None:

@@ -42,7 +42,8 @@ __all__ = [
     "make_pipeline",
 ]
 
-#: ``cfg.dataset`` -> the source that loads it.
+#: ``cfg.dataset`` -> the source that loads it: one per value of training.config.Dataset
+#: (tests/unit/test_config.py checks they agree).
 SOURCES: dict[str, Callable[[TrainConfig], Dataset]] = {
     "digits": digits.from_config,
     "mnist": mnist.from_config,
@@ -59,5 +60,5 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     """
     source = SOURCES.get(cfg.dataset)
     if source is None:
-        raise DataError(f"unknown dataset {cfg.dataset!r}: use digits, mnist, sign_mnist or folder")
+        raise DataError(f"unknown dataset {cfg.dataset!r}: use one of {', '.join(SOURCES)}")
     return source(cfg)
