@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handserve.configs import ConfigError
 from handserve.images import ImageDecodeError
 from service import cli as serve_cli
 from service import inference

@@ -134,5 +134,5 @@ def test_flags_beat_variables_and_are_named_when_wrong(tmp_path: Path) -> None:
     env = {"HANDSERVE_WORKERS": "2"}
     assert load_service_config(str(path), environ=env).workers == 2
     assert load_service_config(str(path), environ=env, flags={"workers": 3}).workers == 3
-    with pytest.raises(ConfigError, match="^--workers: workers must be >= 0, got -1$"):
+    with pytest.raises(ConfigError, match=r"^--workers: workers must be >= 0, got -1$"):
         load_service_config(str(path), environ=env, flags={"workers": -1})

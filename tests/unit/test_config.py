@@ -140,7 +140,7 @@ def test_a_file_value_and_a_flag_are_named_where_they_came_from(tmp_path: Path) 
     with pytest.raises(ConfigError, match=f"^{path}: epochs must be >= 1, got 0$"):
         _load(["--config", str(path)])
     assert _load(["--config", str(path), "--epochs", "2"]).epochs == 2
-    with pytest.raises(ConfigError, match="^--epochs: epochs must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^--epochs: epochs must be >= 1, got 0$"):
         _load(["--config", str(path), "--epochs", "0"])
 
 
