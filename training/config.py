@@ -73,9 +73,7 @@ class TrainConfig(Settings):
         lt=1.0,
     )
     # None: use everything. Small numbers make quick runs and tests.
-    limit: int | None = setting(
-        None, "use at most this many training images (quick runs)", ge=2
-    )
+    limit: int | None = setting(None, "use at most this many training images (quick runs)", ge=2)
 
     # --- model
     # The DLI course's ASL CNN trains from scratch offline; pretrained backbones need weights.
@@ -137,9 +135,7 @@ class TrainConfig(Settings):
         0.0, "label smoothing for the cross-entropy loss", ge=0.0, lt=1.0
     )
     # Decoupled weight decay (AdamW-style when the optimizer is adam); 0 leaves it off.
-    weight_decay: float = setting(
-        0.0, "decoupled weight decay of every optimizer (0: off)", ge=0.0
-    )
+    weight_decay: float = setting(0.0, "decoupled weight decay of every optimizer (0: off)", ge=0.0)
     # Fine-tuning a whole backbone on a small folder moves its weights in noisy steps; an
     # exponential moving average of them (Polyak averaging) is what phase 2 validates,
     # checkpoints and exports when this is above 0. 0.99 averages about the last 100 steps.
@@ -157,9 +153,7 @@ class TrainConfig(Settings):
     # A fresh network's validation loss is noisy for its first epochs (its BatchNorm moving
     # statistics settle within about 50 steps at momentum 0.9, see training.model); stopping
     # is allowed from this epoch of phase 1 on.
-    early_stopping_start: int = setting(
-        5, "epochs before early stopping may end phase 1", ge=0
-    )
+    early_stopping_start: int = setting(5, "epochs before early stopping may end phase 1", ge=0)
     checkpoint: bool = setting(True, "save the best model (by validation loss) during training")
     # float16 on a GPU; bfloat16 on a CPU with native bfloat16, for the from-scratch baselines
     # only (faster there, slower for MobileNetV2: see training.fitting.precision_policy).
