@@ -3,7 +3,8 @@
     python examples/litert_predict.py models/digits/1/model.tflite examples/images/digit_7.png
 
 What a phone app does, in Python: read the labels and input contract that travel inside the
-``.tflite`` file (a zip archive appended to the flatbuffer), decode each image the way the model
+``.tflite`` file (:func:`handserve.artifacts.read_embedded`: a zip archive appended to the
+flatbuffer), decode each image the way the model
 was trained (EXIF orientation, alpha on white, colour mode, bilinear resize), and run it on
 :class:`handserve.runtimes.LiteRTRuntime` (the same runner the server uses), which feeds raw
 0..255 pixels as the file's input type (quantized for the int8 model) and returns
@@ -13,23 +14,15 @@ probabilities in label order. No TensorFlow is imported.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from handserve.artifacts import read_embedded
 from handserve.images import ImageSpec, decode_image
+from handserve.ranking import top_k
 from handserve.runtimes import LiteRTRuntime
-
-
-def read_embedded(model_path: Path) -> tuple[list[str], dict]:
-    """Labels and metadata from the zip archive appended to the ``.tflite`` file."""
-    with zipfile.ZipFile(model_path) as zf:
-        labels = [line for line in zf.read("labels.txt").decode().splitlines() if line]
-        metadata = json.loads(zf.read("metadata.json"))
-    return labels, metadata
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{meta['name']} v{meta['version']} ({meta['precision']}), {len(labels)} classes")
     for path, row in zip(args.images, probs, strict=True):
-        top = np.argsort(row)[::-1][: args.top_k]
-        ranked = ", ".join(f"{labels[i]} {row[i]:.3f}" for i in top)
+        ranked = ", ".join(f"{c['label']} {c['score']:.3f}" for c in top_k(row, labels, args.top_k))
         print(f"{path}: {ranked}")
     return 0
 

@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ MANIFEST = "manifest.json"
 KERAS_MODEL = "model.keras"
 LABELS = "labels.txt"
 SAMPLES = "samples.npz"
+# The files inside every .tflite file, in the zip appended to its flatbuffer (read_embedded).
+EMBEDDED_LABELS = "labels.txt"
+EMBEDDED_METADATA = "metadata.json"
 REPORT_DIR = "report"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 #: The staging folder that reserves version N is named ``.staging-N`` (see staging_version).
@@ -464,6 +468,18 @@ def _reserved_versions(models_dir: Path, name: str) -> list[int]:
         for p in root.iterdir()
         if p.name.startswith(_STAGING) and (n := version_number(p.name[len(_STAGING) :]))
     ]
+
+
+def read_embedded(tflite_file: Path | str) -> tuple[list[str], dict[str, Any]]:
+    """The labels and metadata that travel inside a ``.tflite`` file (what an app reads).
+
+    They are files of a zip archive appended to the flatbuffer: the interpreter ignores the
+    trailing bytes, any zip reader finds the archive from the end of the file.
+    """
+    with zipfile.ZipFile(tflite_file) as zf:
+        labels = [x for x in zf.read(EMBEDDED_LABELS).decode().splitlines() if x]
+        metadata = json.loads(zf.read(EMBEDDED_METADATA))
+    return labels, metadata
 
 
 def version_number(name: str) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -174,9 +175,8 @@ class JSONErrors:
 V2_PREFIX = "/v2"
 
 
-def count_rejected(request: Request, err: ApiError) -> None:
+def count_rejected(metrics: Any, err: ApiError) -> None:
     """Count a refusal caused by the input in ``handserve_rejected_inputs_total``."""
-    metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None and is_input_error(err.code):
         metrics.rejected_inputs.labels(reason=err.code).inc()
 
@@ -192,12 +192,16 @@ def _shaped(request: Request, err: ApiError, status: int | None = None) -> JSONR
     return JSONResponse(body, status_code=status or err.status, headers=err.headers)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every exception a route raises as JSON in the shape its API uses."""
+def install_error_handlers(app: FastAPI, metrics: Callable[[], Any]) -> None:
+    """Answer every exception a route raises as JSON in the shape its API uses.
+
+    ``metrics()`` gives the metrics of the service instance answering (None: not counted): the
+    handlers are installed once on the module's app, before BentoML makes the instance.
+    """
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        count_rejected(request, exc)
+        count_rejected(metrics(), exc)
         return _shaped(request, exc)
 
     @app.exception_handler(HTTPException)

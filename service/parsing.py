@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message
 
 from handserve import integers
 from service.errors import ApiError, json_object
@@ -97,9 +98,7 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         ) from None
     except ClientDisconnect:
         raise ApiError("bad_request", "the client disconnected while sending") from None
-    body = b"".join(chunks)
-    request._body = body  # request.form() parses these bytes instead of reading again
-    return body
+    return b"".join(chunks)
 
 
 def _load_json(body: bytes, batch: bool, max_images: int) -> dict[str, Any]:
@@ -115,10 +114,22 @@ def _load_json(body: bytes, batch: bool, max_images: int) -> dict[str, Any]:
     return json_object(body, "the body")
 
 
-async def _from_multipart(request: Request, max_images: int) -> tuple[list[bytes], dict[str, Any]]:
-    """The files and fields of a multipart body (its bytes were already read and counted)."""
+async def _from_multipart(
+    request: Request, body: bytes, max_images: int
+) -> tuple[list[bytes], dict[str, Any]]:
+    """The files and fields of a multipart ``body``, already read (and counted) from ``request``.
+
+    Starlette's form parser reads from a request: a new one over the same scope gets the bytes
+    from a ``receive`` that replays them (the client's stream is spent).
+    """
+
+    async def replay() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
     try:
-        form = await request.form(max_files=max_images + 1, max_fields=len(PARAMS) + 1)
+        form = await Request(request.scope, replay).form(
+            max_files=max_images + 1, max_fields=len(PARAMS) + 1
+        )
     except Exception as exc:  # malformed multipart: starlette raises several types
         if "Too many files" in str(exc):
             raise ApiError(
@@ -173,7 +184,7 @@ async def parse_request(
     body = await read_body(request, max_body_bytes, body_timeout_s)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        images, fields = await _from_multipart(request, max_images)
+        images, fields = await _from_multipart(request, body, max_images)
         where = "form"
     elif ctype == "application/json":
         images, fields = _from_json(body, batch, max_images)

@@ -61,13 +61,6 @@ class RefusedModel:
     reason: str
 
 
-def top_k(scores: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
-    """The ``k`` best classes, highest score first; ties keep index order (stable sort)."""
-    k = max(1, min(int(k), len(labels)))
-    order = np.argsort(-scores, kind="stable")[:k]
-    return [{"label": labels[i], "index": int(i), "score": float(scores[i])} for i in order]
-
-
 class ModelRegistry:
     """All models of one worker; ``ready`` turns true once every model is loaded and warm."""
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from handserve import integers
+from handserve.ranking import top_k
 from service.errors import ApiError, json_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -99,13 +100,12 @@ def serialize_bytes(items: list[bytes]) -> bytes:
 
 
 # ---------------------------------------------------------------------- responses
-def classification(scores: np.ndarray, labels: list[str], k: int) -> list[bytes]:
-    """Triton's classification strings, ``score:index:label``, best first, row by row."""
-    out = []
-    for row in scores:
-        for i in np.argsort(-row, kind="stable")[:k]:
-            out.append(f"{float(row[i]):f}:{int(i)}:{labels[int(i)]}".encode())
-    return out
+def classification(scores: np.ndarray, labels: list[str], k: int) -> list[list[bytes]]:
+    """Triton's classification strings, ``score:index:label``, best first, one list per row."""
+    return [
+        [f"{c['score']:f}:{c['index']}:{c['label']}".encode() for c in top_k(row, labels, k)]
+        for row in scores
+    ]
 
 
 def render(
@@ -122,11 +122,12 @@ def render(
     n = len(scores)
     for want in outputs_wanted:
         if want.classification:
-            strings = classification(scores, labels, want.classification)
+            rows = classification(scores, labels, want.classification)
+            strings = [s for row in rows for s in row]
             tensor: dict[str, Any] = {
                 "name": OUTPUT,
                 "datatype": "BYTES",
-                "shape": [n, want.classification],
+                "shape": [n, want.classification],  # clamped to the classes (v2.py)
             }
             if want.binary:
                 blob = serialize_bytes(strings)

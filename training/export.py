@@ -23,12 +23,16 @@ from typing import Any
 import numpy as np
 
 from handserve import artifacts
-from handserve.artifacts import FormatEntry, InputContract, Manifest
+from handserve.artifacts import (
+    EMBEDDED_LABELS,
+    EMBEDDED_METADATA,
+    FormatEntry,
+    InputContract,
+    Manifest,
+)
 from training import run_folder
 from training import verify as verify_mod
 from training.litert import (
-    EMBEDDED_LABELS,
-    EMBEDDED_METADATA,
     TFLITE_FORMATS,
     ExportError,
     check_builtin_only,
@@ -37,7 +41,6 @@ from training.litert import (
     embed_metadata,
     non_builtin_operators,
     operator_names,
-    read_embedded,
     write_rgb_saved_model,
 )
 from training.run_folder import REPORT_FILES, FinishedRun, RunFolder, RunFolderError
@@ -51,7 +54,6 @@ __all__ = [
     "non_builtin_operators",
     "operator_names",
     "parse_formats",
-    "read_embedded",
     "report_left_out",
 ]
 

@@ -17,13 +17,11 @@ from typing import Any
 import numpy as np
 
 from handserve import artifacts
-from handserve.artifacts import FormatEntry
+from handserve.artifacts import EMBEDDED_LABELS, EMBEDDED_METADATA, FormatEntry, read_embedded
 from training import tflite_metadata
 from training.tflite_metadata import ImageModelInfo, build_metadata
 
 #: Files of the zip archive appended to every ``.tflite`` (see docs/mobile.md).
-EMBEDDED_LABELS = "labels.txt"
-EMBEDDED_METADATA = "metadata.json"
 
 
 class ExportError(Exception):
@@ -199,14 +197,6 @@ def embed_metadata(
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(EMBEDDED_LABELS, "\n".join(labels) + "\n")
         zf.writestr(EMBEDDED_METADATA, json.dumps(metadata, indent=2) + "\n")
-
-
-def read_embedded(path: Path) -> tuple[list[str], dict[str, Any]]:
-    """Read labels and metadata back from a ``.tflite`` file (what an app does)."""
-    with zipfile.ZipFile(path) as zf:
-        labels = [x for x in zf.read(EMBEDDED_LABELS).decode().splitlines() if x]
-        metadata = json.loads(zf.read(EMBEDDED_METADATA))
-    return labels, metadata
 
 
 def check_tflite_file(path: Path, labels: list[str]) -> None:

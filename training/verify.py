@@ -24,6 +24,7 @@ from handserve import artifacts
 from handserve.artifacts import ArtifactError, FormatEntry, Manifest
 from handserve.runtimes import LiteRTRuntime, SavedModelRuntime, open_format
 from training import tflite_metadata
+from training.evaluate import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,6 @@ class ParityReport:
 # Runners: Keras here; every exported format runs on handserve.runtimes, the code that serves.
 
 
-def predict_keras(model: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Keras' own ``predict``: the reference every other format is compared with."""
-    return np.asarray(model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0))
-
-
 Runner = LiteRTRuntime | SavedModelRuntime
 
 
@@ -164,7 +160,7 @@ def check_parity(
     version_dir = Path(version_dir)
     if keras_model is None:
         keras_model = load_keras(version_dir / artifacts.KERAS_MODEL)
-    ref = predict_keras(keras_model, x)
+    ref = predict_proba(keras_model, x)  # the reference every format is compared with
     ref_top = ref.argmax(1)
     ref_acc = float(np.mean(ref_top == y))
     keras_row = FormatResult(

@@ -15,6 +15,7 @@ from handserve import artifacts
 from handserve.runtimes import LiteRTRuntime, SavedModelRuntime
 from tests.export.handmade import make_run
 from training import export, verify
+from training.evaluate import predict_proba
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ def test_saved_model_is_deterministic_and_equals_keras(tiny_export: Path) -> Non
     assert runner.input_shape == artifacts.read_manifest(tiny_export).input.shape
     first, second = runner.predict(x), runner.predict(x)
     np.testing.assert_array_equal(first, second)
-    expected = verify.predict_keras(verify.load_keras(tiny_export / "model.keras"), x)
+    expected = predict_proba(verify.load_keras(tiny_export / "model.keras"), x)
     np.testing.assert_allclose(first, expected, atol=1e-5)
 
 
@@ -239,7 +240,7 @@ def test_rgb_run_exports_with_an_rgb_contract(tmp_path) -> None:
     path = export.export_run(run, tmp_path / "models", "rgb")
     manifest = artifacts.load_verified(path)
     assert manifest.input.shape == (8, 10, 3) and manifest.input.color_mode == "rgb"
-    _, meta = export.read_embedded(path / "model_int8.tflite")
+    _, meta = artifacts.read_embedded(path / "model_int8.tflite")
     assert meta["input"]["color_mode"] == "rgb" and meta["input"]["dtype"] == "uint8"
 
 
@@ -276,7 +277,7 @@ def test_exports_of_one_name_started_together_all_publish(tiny_run: Path, tmp_pa
     for version in (1, 2):
         manifest = artifacts.load_verified(models / "race" / str(version))
         assert manifest.version == version
-        embedded = export.read_embedded(models / "race" / str(version) / "model.tflite")
+        embedded = artifacts.read_embedded(models / "race" / str(version) / "model.tflite")
         assert embedded[1]["version"] == version  # the app sees the number it was published as
     assert not list((models / "race").glob(".staging-*"))
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from handserve.images import ImageDecodeError
+from handserve.ranking import top_k
 from service import cli as serve_cli
 from service import inference
 from service.config import ServiceConfig
@@ -17,7 +18,6 @@ from service.errors import STATUS, ApiError
 from service.inference import Admission
 from service.metrics import batch_buckets
 from service.parsing import b64decode, parse_params
-from service.registry import top_k
 from service.schemas import Params
 
 
