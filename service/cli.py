@@ -40,6 +40,8 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     if args.config:
         env[CONFIG_ENV] = str(Path(args.config).resolve())
     flags = ServiceConfig.flags_given(args)
+    if flags.get("grpc_port"):  # both ports on the address asked for
+        flags.setdefault("grpc_host", args.host)
     if "models_dir" in flags:  # workers may start elsewhere: pass an absolute path
         flags["models_dir"] = str(Path(flags["models_dir"]).resolve())
     load_service_config(environ=env, flags=flags)  # fail here, naming the flag, not in a worker

@@ -90,6 +90,14 @@ class ServiceConfig(Settings):
     # Per-request access logs cost measurable CPU at hundreds of requests/s on 2 cores.
     access_log: bool = setting(False, "BentoML access log per request")
 
+    # --- Open Inference Protocol over gRPC (service.v2_grpc), beside the HTTP port
+    # Off by default: a port nobody asked for is a port to secure. Every worker listens on it.
+    grpc_port: int = setting(
+        0, "gRPC port for the Open Inference Protocol (0: off)", ge=0, le=65535
+    )
+    # handserve serve sets it to its --host, so both ports listen on the same address.
+    grpc_host: str = setting("0.0.0.0", "address the gRPC port listens on")
+
     # --- inputs
     max_body_bytes: int = setting(
         10 * 1024 * 1024, "largest request body, bytes (413 beyond)", ge=1

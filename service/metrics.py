@@ -50,6 +50,8 @@ class Metrics:
     batch_wait_seconds: Any
     rejected_inputs: Any
     model_info: Any
+    grpc_requests: Any
+    grpc_seconds: Any
 
 
 def create(max_batch_size: int, registry: Any = None) -> Metrics:
@@ -101,6 +103,20 @@ def create(max_batch_size: int, registry: Any = None) -> Metrics:
             "1 for each model version being served",
             ["name", "version", "runtime", "sha256"],
             multiprocess_mode="max",
+            **kw,
+        ),
+        # BentoML's HTTP metrics do not see the gRPC port (service.v2_grpc): its own.
+        grpc_requests=pc.Counter(
+            "handserve_grpc_requests_total",
+            "Open Inference Protocol gRPC calls, by method and status code",
+            ["method", "code"],
+            **kw,
+        ),
+        grpc_seconds=pc.Histogram(
+            "handserve_grpc_request_seconds",
+            "Time per gRPC call, from the decoded message to the answer",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
             **kw,
         ),
     )

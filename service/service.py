@@ -133,12 +133,28 @@ class HandServe:
         self._loader: asyncio.Task[None] | None = None
         self._watcher: model_reload.ModelWatcher | None = None  # new versions, when reload is on
         self._all_ready = False
+        self._grpc: Any = None  # the Open Inference Protocol's gRPC server, when grpc_port is set
 
     # ------------------------------------------------------------------ lifecycle
     @bentoml.on_startup
     async def _start_loading(self) -> None:
-        """Load in the background: the server must accept /livez while models load."""
+        """Load in the background: the server must accept /livez (and gRPC's ServerLive)
+        while models load."""
+        if self.cfg.grpc_port:
+            await self._start_grpc()
         self._loader = asyncio.get_running_loop().create_task(self.load())
+
+    async def _start_grpc(self) -> None:
+        """The gRPC port of this worker; one that cannot listen keeps the server unready."""
+        from service import v2_grpc  # grpc is imported only by servers that use it
+
+        try:
+            self._grpc = await v2_grpc.start(
+                self, self.cfg.grpc_host, self.cfg.grpc_port, handserve.__version__
+            )
+        except (OSError, RuntimeError) as exc:
+            self.registry.load_error = f"gRPC port {self.cfg.grpc_port}: {exc}"
+            log.error("%s; /readyz stays 503", self.registry.load_error)
 
     async def load(self) -> None:
         """Load, verify and warm every model, pick the engine, then turn ready."""
@@ -153,6 +169,8 @@ class HandServe:
             self._watcher = model_reload.start(self.registry, self.engine)
             if not self.registry.models and self._watcher is not None:
                 await self._watcher.wait_for_models()  # an empty volume: serve what arrives
+            if self.cfg.grpc_port and self._grpc is None:
+                return  # the gRPC port was asked for and could not listen (logged)
             if not self.registry.models:
                 # Ready with nothing to serve would send traffic to a useless replica.
                 self.registry.load_error = "no model could be served"
@@ -205,6 +223,8 @@ class HandServe:
 
         if self._watcher is not None:
             await self._watcher.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=5)
         shutil.rmtree(_ready_dir(), ignore_errors=True)
 
     # ------------------------------------------------------------------ endpoints
@@ -422,7 +442,6 @@ class HandServe:
     async def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
         try:
             model = self._v2_resolve(name, version)
-            engine = self._ready_engine()
             body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
             body = v2_wire.decompress(
                 body, request.headers.get("content-encoding"), self.cfg.max_body_bytes
@@ -433,14 +452,7 @@ class HandServe:
                 model.manifest,
                 self.cfg.max_batch_images,
             )
-            pixels = call.pixels
-            if pixels is not None:
-                scores = await self._admitted(
-                    call.count, lambda: engine.classify_pixels(model, pixels)
-                )
-            else:
-                files = call.files or []
-                scores = await self._admitted(call.count, lambda: engine.classify(model, files))
+            scores = await self._v2_scores(model, call)
             content, headers, media = v2_wire.render(
                 call.outputs, call.id, model.name, model.version, model.manifest.labels, scores
             )
@@ -448,6 +460,15 @@ class HandServe:
         except ApiError as err:
             count_rejected(self.metrics, err)
             return v2_error(err)
+
+    async def _v2_scores(self, model: LoadedModel, call: v2.InferCall) -> np.ndarray:
+        """Scores of a checked infer call (REST or gRPC), admitted and run by the engine."""
+        engine = self._ready_engine()
+        pixels = call.pixels
+        if pixels is not None:
+            return await self._admitted(call.count, lambda: engine.classify_pixels(model, pixels))
+        files = call.files or []
+        return await self._admitted(call.count, lambda: engine.classify(model, files))
 
     # ------------------------------------------------------------------ the request path
     async def _classify(

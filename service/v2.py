@@ -22,17 +22,18 @@ Tensors travel as JSON ``data`` or with the binary tensor data extension (the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from handserve import artifacts
+from handserve import artifacts, integers
 from handserve.artifacts import Manifest
 from service.errors import ApiError
 from service.parsing import b64decode
-from service.schemas import MAX_NAME_LENGTH, PositiveInt, _strict_int, describe_validation
+from service.schemas import MAX_INT_DIGITS, MAX_NAME_LENGTH, PositiveInt, describe_validation
 from service.v2_wire import OUTPUT, Output, deserialize_bytes, split_body
 
 TENSOR_INPUT = "image"
@@ -110,13 +111,14 @@ class InferCall:
 
 
 def parse_version(version: str | None) -> int | None:
-    """A version from the URL path; one that is not a number is a version not served."""
-    if version is None:
+    """A version from the URL path (or gRPC's ``model_version``); one that is not a number is a
+    version not served. An empty version (gRPC's default) means the served one."""
+    if not version:
         return None
-    try:
-        return int(_strict_int(version))
-    except ValueError:
-        raise ApiError("unknown_version", f"version {version[:20]!r} is not served") from None
+    number = integers.ascii_int(version, MAX_INT_DIGITS)
+    if number is None:
+        raise ApiError("unknown_version", f"version {version[:20]!r} is not served")
+    return number
 
 
 # ---------------------------------------------------------------------- metadata
@@ -144,8 +146,25 @@ def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) ->
 def parse_infer(
     body: bytes, header_length: str | None, manifest: Manifest, max_images: int
 ) -> InferCall:
-    """Validate an infer request against the model's contract; every problem is a 4xx."""
+    """Validate an infer request over REST against the model's contract; every problem is a 4xx."""
     data, binary = split_body(body, header_length)
+    return build_call(data, manifest, max_images, lambda tensor: _binary_part(tensor, binary))
+
+
+def build_call(
+    data: dict[str, Any],
+    manifest: Manifest,
+    max_images: int,
+    raw_of: Callable[[InferInputTensor], bytes | None],
+) -> InferCall:
+    """An infer request (``$inference_request`` as a mapping, from JSON or from gRPC's message)
+    checked against the model's contract: the one validation of both transports.
+
+    ``raw_of(tensor)`` gives the input's bytes when they came outside ``data`` (binary tensor
+    data over REST, ``raw_input_contents`` over gRPC), None when ``data`` holds the values.
+    A ``BYTES`` element that is ``bytes`` is an image file as it is (gRPC's
+    ``bytes_contents``); a string is base64 (JSON).
+    """
     try:
         req = InferRequestBody.model_validate(data)
         request_params = _RequestParams.model_validate(req.parameters or {})
@@ -159,7 +178,7 @@ def parse_infer(
             f"send one input, {TENSOR_INPUT!r} or {BYTES_INPUT!r}; got {len(req.inputs)}",
         )
     tensor = req.inputs[0]
-    raw = _binary_part(tensor, binary)
+    raw = raw_of(tensor)
     if tensor.name == TENSOR_INPUT:
         pixels = _pixels(tensor, raw, manifest, max_images)
         call_in: dict[str, Any] = {"pixels": pixels}
@@ -295,7 +314,8 @@ def _files(tensor: InferInputTensor, raw: bytes | None, max_images: int) -> list
     else:
         if not isinstance(tensor.data, list):
             raise ApiError("bad_request", f"input {BYTES_INPUT!r}: data must be a list")
-        files = [b64decode(v, i) for i, v in enumerate(_flatten(tensor.data, n))]
+        items = enumerate(_flatten(tensor.data, n))
+        files = [v if isinstance(v, bytes) else b64decode(v, i) for i, v in items]
     if len(files) != n:
         raise ApiError(
             "bad_request", f"input {BYTES_INPUT!r} holds {len(files)} elements; its shape says {n}"
