@@ -18,6 +18,7 @@ import pytest
 
 import handserve_cli as cli
 from handserve import artifacts
+from handserve.configs import ConfigError
 from handserve.images import decode_image
 from service.config import ServiceConfig
 from tests.conftest import REPO
@@ -72,8 +73,8 @@ def test_devices_is_a_count_or_all() -> None:
     assert TrainConfig(devices=2).devices == "2"  # a config file's number
     assert TrainConfig(devices="all").devices == "all"
     for bad in ("0", "-1", "two", "²", True):
-        with pytest.raises(ValueError, match="devices must be a positive count or 'all'"):
-            TrainConfig(devices=bad)
+        with pytest.raises(ConfigError, match="^--devices: devices must be a positive count or"):
+            TrainConfig.load(flags={"devices": bad})
 
 
 def test_its_export_serves(two_devices: dict) -> None:
