@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The main job behind `make run`: train the default model on the embedded digits, export it to
 # models/digits/VERSION, then serve it and answer a first prediction. Ctrl-C stops the server.
-# Environment: PORT (default 3000), MODELS_DIR (default models), EPOCHS (default: the config's).
+# Environment: PORT (default 3000), GRPC_PORT (the Open Inference Protocol over gRPC, default
+# 8001 as Triton's; 0: off), MODELS_DIR (default models), EPOCHS (default: the config's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT="${PORT:-3000}"
+GRPC_PORT="${GRPC_PORT:-8001}"
 MODELS_DIR="${MODELS_DIR:-models}"
 extra=()
 [ -n "${EPOCHS:-}" ] && extra+=(--epochs "$EPOCHS")
@@ -16,7 +18,7 @@ echo "==> models available"
 handserve models --models-dir "$MODELS_DIR"
 
 echo "==> serving on http://localhost:$PORT (demo page: /demo, API docs: /)"
-handserve serve --port "$PORT" --models-dir "$MODELS_DIR" &
+handserve serve --port "$PORT" --grpc-port "$GRPC_PORT" --models-dir "$MODELS_DIR" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
 for _ in $(seq 1 180); do

@@ -73,7 +73,7 @@ def test_devices_is_a_count_or_all() -> None:
     assert TrainConfig(devices=2).devices == "2"  # a config file's number
     assert TrainConfig(devices="all").devices == "all"
     for bad in ("0", "-1", "two", "²", True):
-        with pytest.raises(ConfigError, match="^--devices: devices must be a positive count or"):
+        with pytest.raises(ConfigError, match=r"^--devices: devices must be a positive count or"):
             TrainConfig.load(flags={"devices": bad})
 
 

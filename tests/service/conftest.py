@@ -21,7 +21,7 @@ from subprocess import Popen
 import pytest
 import requests
 
-from tests.fixtures_server import wait_ready
+from tests.fixtures_server import free_port, wait_ready
 from tests.service.helpers import copy_version, corrupt, running_server
 
 WARMUP_DELAY_S = 2.0
@@ -35,6 +35,7 @@ class Server:
     models_dir: Path
     proc: Popen[bytes]
     log: Path
+    grpc: str  # host:port of the Open Inference Protocol over gRPC
     # (seconds since process start, /readyz status or None if refused) polled from the start
     readiness: list[tuple[float, int | None]] = field(default_factory=list)
 
@@ -69,7 +70,10 @@ def _poll_readiness(url: str, started: float, out: list, stop: threading.Event) 
 def server(service_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One ``bentoml serve`` subprocess (LiteRT runtime) for the whole session."""
     home = tmp_path_factory.mktemp("bentoml_home")
+    grpc_port = free_port()
     env = {
+        "HANDSERVE_GRPC_PORT": str(grpc_port),
+        "HANDSERVE_GRPC_HOST": "127.0.0.1",
         "HANDSERVE_RUNTIME": "litert",
         "HANDSERVE_WARMUP_DELAY_S": str(WARMUP_DELAY_S),
         # "broken" sorts first; requests that name no model go to the configured default
@@ -77,7 +81,8 @@ def server(service_models: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "HANDSERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
     }
     with running_server(service_models, home, env) as (url, proc, started):
-        srv = Server(url, service_models, proc, next(home.glob("server-*.log")))
+        log = next(home.glob("server-*.log"))
+        srv = Server(url, service_models, proc, log, f"127.0.0.1:{grpc_port}")
         stop = threading.Event()
         poller = threading.Thread(
             target=_poll_readiness, args=(url, started, srv.readiness, stop), daemon=True
