@@ -124,6 +124,17 @@ def test_serve_cli_builds_bentoml_command(tmp_path) -> None:
     assert env["HANDSERVE_RUNTIME"] == "litert" and env["HANDSERVE_VERSIONS"] == "a=1"
     bad = parser.parse_args(["--versions", "a=x"])
     assert serve_cli.run(bad) == 2
+    assert "HANDSERVE_GRPC_PORT" not in env  # gRPC is off unless asked for
+    grpc = parser.parse_args(["--grpc-port", "8001", "--host", "127.0.0.1"])
+    _, env = serve_cli.build_command(grpc)
+    assert (env["HANDSERVE_GRPC_PORT"], env["HANDSERVE_GRPC_HOST"]) == ("8001", "127.0.0.1")
+
+
+def test_serve_cli_names_the_bad_flag(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    serve_cli.configure(parser)
+    assert serve_cli.run(parser.parse_args(["--grpc-port", "70000"])) == 2
+    assert "--grpc-port: grpc_port must be <= 65535, got 70000" in capsys.readouterr().err
 
 
 def _png(width: int, height: int) -> bytes:
