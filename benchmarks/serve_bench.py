@@ -4,8 +4,9 @@
 
 Starts ``bentoml serve service.service:HandServe`` on a free port (or uses ``--url``), then for
 single-image ``/predict`` and ``/predict_batch`` (``--batch-images`` per request), and with
-``--protocols typed v2-tensor v2-bytes`` the same through the typed BentoML APIs and the Open
-Inference Protocol, runs a closed loop of N concurrent clients (aiohttp, one event loop) for
+``--protocols typed v2-tensor v2-bytes grpc-tensor grpc-bytes`` the same through the typed
+BentoML APIs and the Open Inference Protocol over REST and over gRPC (a ``--grpc-port``), runs
+a closed loop of N concurrent clients (aiohttp, or a gRPC channel each; one event loop) for
 ``--seconds`` each, at every ``--concurrency``. Also measures the runtime's in-process ceiling
 (LiteRT images/s at batch 1 and at max batch, no HTTP) in the same run, and the mean batch
 BentoML formed (from the server's ``handserve_batch_size`` histogram). Prints a Markdown table.
@@ -37,7 +38,9 @@ sys.path.insert(0, str(REPO))
 from handserve import artifacts  # noqa: E402
 from handserve.images import decode_image  # noqa: E402
 from handserve.runtimes import LiteRTRuntime, available_cpus  # noqa: E402
-from tests.fixtures_server import background_server  # noqa: E402
+from tests.fixtures_server import background_server, free_port  # noqa: E402
+
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def test_image(shape: tuple[int, int, int], seed: int = 0) -> bytes:
@@ -160,6 +163,78 @@ def request_maker(
     return lambda: (path, {"data": body, "headers": headers})
 
 
+def grpc_request(protocol: str, model: str, image: bytes, n: int, pixels: np.ndarray) -> bytes:
+    """A serialized ``ModelInferRequest`` as ``tritonclient.grpc`` sends it: the values in
+    ``raw_input_contents`` (UINT8 pixels, or the file as one length-prefixed BYTES element)."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name=model)
+    if protocol == "grpc-tensor":
+        x = np.repeat(pixels[None], n, axis=0).astype(np.uint8)
+        request.inputs.add(name="image", datatype="UINT8", shape=list(x.shape))
+        request.raw_input_contents.append(x.tobytes())
+    else:
+        request.inputs.add(name="image_bytes", datatype="BYTES", shape=[n])
+        request.raw_input_contents.append((len(image).to_bytes(4, "little") + image) * n)
+    return bytes(request.SerializeToString())
+
+
+async def run_grpc_cell(
+    url: str, address: str, request: bytes, concurrency: int, seconds: float, batch_images: int
+) -> dict[str, Any]:
+    """:func:`run_cell` over gRPC: ``concurrency`` clients, each with a channel of its own (one
+    HTTP/2 connection, as each HTTP client has one), sending the same serialized request."""
+    import grpc
+
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    channels = [grpc.aio.insecure_channel(address) for _ in range(concurrency)]
+    async with aiohttp.ClientSession() as session:
+        s0, c0 = await batch_hist(session, url)
+        stop = time.perf_counter() + seconds
+
+        async def client(channel: Any) -> None:
+            call = channel.unary_unary(GRPC_INFER)
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    await call(request, timeout=60)
+                    latencies.append(time.perf_counter() - t0)
+                    statuses["OK"] = statuses.get("OK", 0) + 1
+                except grpc.aio.AioRpcError as exc:
+                    statuses[exc.code().name] = statuses.get(exc.code().name, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(ch) for ch in channels))
+        elapsed = time.perf_counter() - start
+        s1, c1 = await batch_hist(session, url)
+    for channel in channels:
+        await channel.close()
+    return _row(latencies, elapsed, batch_images, statuses, (s1 - s0, c1 - c0))
+
+
+def _row(
+    latencies: list[float],
+    elapsed: float,
+    batch_images: int,
+    statuses: dict[Any, int],
+    batches: tuple[float, float],
+) -> dict[str, Any]:
+    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    ok = len(latencies)
+    return {
+        "rps": ok / elapsed,
+        "ips": ok * batch_images / elapsed,
+        "p50": float(np.percentile(lat, 50)),
+        "p95": float(np.percentile(lat, 95)),
+        "p99": float(np.percentile(lat, 99)),
+        "ok": ok,
+        "failures": sum(statuses.values()) - ok,
+        "mean_batch": batches[0] / batches[1] if batches[1] > 0 else float("nan"),
+        "statuses": statuses,
+    }
+
+
 async def run_cell(
     url: str, make: Any, concurrency: int, seconds: float, batch_images: int
 ) -> dict[str, Any]:
@@ -193,19 +268,7 @@ async def run_cell(
         await asyncio.gather(*(client() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
         s1, c1 = await batch_hist(session, url)
-    lat = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
-    ok = len(latencies)
-    return {
-        "rps": ok / elapsed,
-        "ips": ok * batch_images / elapsed,
-        "p50": float(np.percentile(lat, 50)),
-        "p95": float(np.percentile(lat, 95)),
-        "p99": float(np.percentile(lat, 99)),
-        "ok": ok,
-        "failures": failures,
-        "mean_batch": (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan"),
-        "statuses": statuses,
-    }
+    return _row(latencies, elapsed, batch_images, statuses, (s1 - s0, c1 - c0))
 
 
 async def main_async(
@@ -220,9 +283,17 @@ async def main_async(
     )
     for protocol in args.protocols:
         for batch_images in [n for n in (1, args.batch_images) if n not in args.skip]:
-            make = request_maker(protocol, model, image, batch_images, ctype, pixels)
+            if protocol.startswith("grpc"):
+                request = grpc_request(protocol, model, image, batch_images, pixels)
+            else:
+                make = request_maker(protocol, model, image, batch_images, ctype, pixels)
             for c in args.concurrency:
-                row = await run_cell(url, make, c, args.seconds, batch_images)
+                if protocol.startswith("grpc"):
+                    row = await run_grpc_cell(
+                        url, args.grpc, request, c, args.seconds, batch_images
+                    )
+                else:
+                    row = await run_cell(url, make, c, args.seconds, batch_images)
                 size = "single" if batch_images == 1 else f"batch×{batch_images}"
                 row.update(kind=size if protocol == "image" else f"{protocol} {size}", c=c)
                 print(
@@ -267,10 +338,13 @@ def main() -> int:
     parser.add_argument(
         "--protocols",
         nargs="+",
-        choices=["image", "typed", "v2-tensor", "v2-bytes"],
+        choices=["image", "typed", "v2-tensor", "v2-bytes", "grpc-tensor", "grpc-bytes"],
         default=["image"],
         help="image: /predict(_batch); typed: /classify(_batch), the @bentoml.api endpoints; "
-        "v2-tensor / v2-bytes: /v2/models/NAME/infer",
+        "v2-tensor / v2-bytes: /v2/models/NAME/infer; grpc-tensor / grpc-bytes: ModelInfer",
+    )
+    parser.add_argument(
+        "--grpc", default=None, help="with --url: the running server's gRPC host:port"
     )
     args = parser.parse_args()
 
@@ -290,6 +364,10 @@ def main() -> int:
     ceil = ceiling(vdir, args.max_batch_size)
     env = dict(kv.split("=", 1) for kv in args.env)
     env.setdefault("HANDSERVE_MAX_BATCH_SIZE", str(args.max_batch_size))
+    if any(p.startswith("grpc") for p in args.protocols) and not args.url:
+        port = free_port()
+        env.update(HANDSERVE_GRPC_PORT=str(port), HANDSERVE_GRPC_HOST="127.0.0.1")
+        args.grpc = f"127.0.0.1:{port}"
     if args.url:
         rows = asyncio.run(main_async(args, args.url, model, image, pixels))
     else:

@@ -41,10 +41,11 @@ def test_serve_bench_measures_every_protocol_without_failures(bench_models: Path
         "serve_bench.py",
         *("--models-dir", str(bench_models), "--seconds", "1", "--concurrency", "2"),
         *("--batch-images", "2", "--protocols", "image", "v2-tensor", "v2-bytes"),
+        *("grpc-tensor", "grpc-bytes"),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     cells = [r for r in table_rows(done.stdout) if len(r) == 9 and r[1] == "2"]
-    assert len(cells) == 6, done.stdout  # single and batch requests, for each of 3 protocols
+    assert len(cells) == 10, done.stdout  # single and batch requests, for each of 5 protocols
     for kind, _, rps, _, _, _, _, failures, _ in cells:
         assert float(rps) > 0 and failures == "0", (kind, rps, failures)
     assert any(r[0].startswith("in-process LiteRT") for r in table_rows(done.stdout))
