@@ -37,6 +37,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.serve_bench import target  # noqa: E402
 from handserve import artifacts  # noqa: E402
 from handserve.images import decode_image  # noqa: E402
 from handserve.runtimes import LiteRTRuntime  # noqa: E402
@@ -220,12 +221,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--bad-fraction", type=float, default=0.3)
     args = parser.parse_args()
-    models = artifacts.list_models(args.models_dir)
-    if not models:
-        print(f"no models in {args.models_dir}; run `handserve train --export` first")
-        return 2
-    model = args.model or sorted(models)[0]
-    vdir = artifacts.version_dir(args.models_dir, model)
+    model, vdir = target(args.models_dir, args.model)
     print(f"model {model}/{vdir.name}, {args.seconds:.0f} s, load {os.getloadavg()[0]:.2f}")
     if args.url:
         return asyncio.run(run(args, args.url, model, vdir))

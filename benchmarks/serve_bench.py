@@ -163,6 +163,16 @@ def request_maker(
     return lambda: (path, {"data": body, "headers": headers})
 
 
+def target(models_dir: Path, name: str | None) -> tuple[str, Path]:
+    """The model to measure (``name``, or the first in ``models_dir``) and its newest version;
+    exits with the reason when there is none."""
+    try:
+        vdir = artifacts.first_version_dir(models_dir, name)
+    except artifacts.ArtifactError as exc:
+        raise SystemExit(str(exc)) from None
+    return vdir.parent.name, vdir
+
+
 def grpc_request(protocol: str, model: str, image: bytes, n: int, pixels: np.ndarray) -> bytes:
     """A serialized ``ModelInferRequest`` as ``tritonclient.grpc`` sends it: the values in
     ``raw_input_contents`` (UINT8 pixels, or the file as one length-prefixed BYTES element)."""
@@ -348,12 +358,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    models = artifacts.list_models(args.models_dir)
-    if not models:
-        print(f"no models in {args.models_dir}; run `handserve train --export` first")
-        return 2
-    model = args.model or sorted(models)[0]
-    vdir = artifacts.version_dir(args.models_dir, model)
+    model, vdir = target(args.models_dir, args.model)
     man = artifacts.read_manifest(vdir)
     image = args.image.read_bytes() if args.image else test_image(man.input.shape)
     pixels = decode_image(image, man.input.image_spec)

@@ -508,6 +508,23 @@ def latest_version(models_dir: Path, name: str) -> int | None:
     return versions[-1] if versions else None
 
 
+def first_version_dir(models_dir: Path, name: str | None = None) -> Path:
+    """The latest version of ``name``, or of the first model by name when ``name`` is None:
+    what a tool given only a models folder works on (the benchmarks).
+
+    Raises:
+        ArtifactError: the folder holds no published model (or no ``name``).
+    """
+    if name is None:
+        names = sorted(list_models(models_dir))
+        if not names:
+            raise ArtifactError(
+                Path(models_dir), "no published model; run `handserve train --export`"
+            )
+        name = names[0]
+    return version_dir(models_dir, name)
+
+
 def version_dir(models_dir: Path, name: str, version: int | None = None) -> Path:
     """The folder of ``name`` at ``version`` (``None``: latest); ArtifactError if absent."""
     if version is None:

@@ -138,3 +138,19 @@ def inprocess_client(cfg: ServiceConfig, *, load: bool = True) -> Iterator[tuple
             yield client, svc
     finally:
         current.set_current_service(previous)
+
+
+def predict_batch_scores(url: str, model: str, images: list[bytes]) -> np.ndarray:
+    """``/predict_batch``'s answer for ``images`` as a score matrix: every class, in index
+    order (the reference the protocol clients' answers are compared with)."""
+    import requests
+
+    files = [("files", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    resp = requests.post(url + "/predict_batch", files=files, params={"model": model, "top_k": 999})
+    resp.raise_for_status()
+    rows = [r["predictions"] for r in resp.json()["results"]]
+    scores = np.zeros((len(rows), len(rows[0])), np.float32)
+    for i, row in enumerate(rows):
+        for p in row:
+            scores[i, p["index"]] = p["score"]
+    return scores

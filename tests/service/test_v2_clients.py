@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
 
 from handserve import artifacts
 from handserve.images import decode_image
-from tests.service.helpers import digit_png
+from handserve.ranking import top_k
+from tests.service.helpers import digit_png, predict_batch_scores
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -37,19 +37,11 @@ def triton(server) -> Any:
 @pytest.fixture(scope="module")
 def expected(server) -> dict[str, Any]:
     """What ``/predict_batch`` answers for the test images: full scores and the top 3."""
-    files = [("files", (f"{s}.png", digit_png(s), "image/png")) for s in SEEDS]
-    resp = requests.post(
-        server.url + "/predict_batch", files=files, params={"model": "digits", "top_k": 10}
-    )
-    resp.raise_for_status()
-    rows = [r["predictions"] for r in resp.json()["results"]]
-    scores = np.zeros((len(rows), len(rows[0])), np.float32)
-    for i, row in enumerate(rows):
-        for p in row:
-            scores[i, p["index"]] = p["score"]
+    scores = predict_batch_scores(server.url, "digits", [digit_png(s) for s in SEEDS])
     manifest = artifacts.read_manifest(server.models_dir / "digits" / "2")
     pixels = np.stack([decode_image(digit_png(s), manifest.input.image_spec) for s in SEEDS])
-    return {"scores": scores, "top3": [row[:3] for row in rows], "pixels": pixels}
+    top3 = [top_k(row, manifest.labels, 3) for row in scores]
+    return {"scores": scores, "top3": top3, "pixels": pixels}
 
 
 def test_triton_client_lists_and_checks_models(triton, server) -> None:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from handserve import artifacts
 from handserve.images import decode_image
-from tests.service.helpers import digit_png
+from tests.service.helpers import digit_png, predict_batch_scores
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -78,17 +78,7 @@ def kserve_grpc(server) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def expected(server) -> np.ndarray:
     """``/predict_batch``'s scores for the test images, every class, in index order."""
-    files = [("files", (f"{s}.png", digit_png(s), "image/png")) for s in SEEDS]
-    resp = requests.post(
-        server.url + "/predict_batch", files=files, params={"model": MODEL, "top_k": 99}
-    )
-    resp.raise_for_status()
-    rows = [r["predictions"] for r in resp.json()["results"]]
-    scores = np.zeros((len(rows), len(rows[0])), np.float32)
-    for i, row in enumerate(rows):
-        for p in row:
-            scores[i, p["index"]] = p["score"]
-    return scores
+    return predict_batch_scores(server.url, MODEL, [digit_png(s) for s in SEEDS])
 
 
 def test_triton_client_sees_the_server_and_its_models(triton, server) -> None:
