@@ -34,13 +34,12 @@ import numpy as np
 import psutil
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from handserve import artifacts
+from handserve.images import decode_image
+from handserve.runtimes import LiteRTRuntime
+from service.local_server import background_server
 
-from handserve import artifacts  # noqa: E402
-from handserve.images import decode_image  # noqa: E402
-from handserve.runtimes import LiteRTRuntime  # noqa: E402
-from tests.fixtures_server import background_server  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def good_images(spec: artifacts.InputContract, n: int = 24) -> list[tuple[bytes, str]]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from handserve import artifacts
 from service.config import ServiceConfig
-from tests.fixtures_server import background_server
+from service.local_server import background_server
 
 REPO = Path(__file__).resolve().parents[2]
 
