@@ -9,6 +9,7 @@ checkout without the dev extras); code they need lives in the project (the serve
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -20,12 +21,17 @@ SKIPPED = {".git", ".venv", ".cache", "models", "runs", "node_modules", "__pycac
 def python_files() -> list[Path]:
     """Every ``.py`` file of the checkout outside ``tests/`` and the skipped folders."""
     out = []
-    for path in sorted(REPO.rglob("*.py")):
-        parts = path.relative_to(REPO).parts
-        if parts[0] == "tests" or SKIPPED.intersection(parts) or parts[0].endswith(".egg-info"):
-            continue
-        out.append(path)
-    return out
+    for dirpath, dirnames, filenames in os.walk(REPO):
+        here = Path(dirpath)
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d not in SKIPPED
+            and not d.endswith(".egg-info")
+            and not (here == REPO and d == "tests")
+        ]
+        out += [here / name for name in filenames if name.endswith(".py")]
+    return sorted(out)
 
 
 def imports_of(source: str, package: str = "tests") -> list[int]:
