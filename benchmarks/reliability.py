@@ -34,14 +34,15 @@ import numpy as np
 import psutil
 from PIL import Image
 
+from handserve import artifacts
+from handserve.images import decode_image
+from handserve.runtimes import LiteRTRuntime
+from service.local_server import background_server
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # serve_bench's model picker, as benchmarks.serve_bench
 
 from benchmarks.serve_bench import target  # noqa: E402
-from handserve import artifacts  # noqa: E402
-from handserve.images import decode_image  # noqa: E402
-from handserve.runtimes import LiteRTRuntime  # noqa: E402
-from tests.fixtures_server import background_server  # noqa: E402
 
 
 def good_images(spec: artifacts.InputContract, n: int = 24) -> list[tuple[bytes, str]]:

@@ -24,12 +24,11 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from handserve import artifacts
+from handserve.images import IMAGE_EXTENSIONS
+from service.local_server import background_server, wait_ready
 
-from handserve import artifacts  # noqa: E402
-from handserve.images import IMAGE_EXTENSIONS  # noqa: E402
-from tests.fixtures_server import background_server, wait_ready  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_files(data_dir: Path) -> list[tuple[Path, str]]:

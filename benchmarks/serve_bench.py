@@ -32,14 +32,12 @@ import aiohttp
 import numpy as np
 from PIL import Image
 
+from handserve import artifacts
+from handserve.images import decode_image
+from handserve.runtimes import LiteRTRuntime, available_cpus
+from service.local_server import background_server, free_port
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from handserve import artifacts  # noqa: E402
-from handserve.images import decode_image  # noqa: E402
-from handserve.runtimes import LiteRTRuntime, available_cpus  # noqa: E402
-from tests.fixtures_server import background_server, free_port  # noqa: E402
-
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 

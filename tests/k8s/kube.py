@@ -1,6 +1,6 @@
 """Render k8s/ with the real kustomize (``kubectl kustomize``) and look things up in the result.
 
-Shared by the manifest tests in tests/unit and tests/k8s. No cluster is needed: ``kubectl
+Shared by the tests of k8s/, which all live in tests/k8s. No cluster is needed: ``kubectl
 kustomize`` only builds. Without kubectl the tests that render skip with a reason (scripts/
 install-test-tools.sh installs it from Debian).
 """

@@ -21,7 +21,7 @@ from subprocess import Popen
 import pytest
 import requests
 
-from tests.fixtures_server import free_port, wait_ready
+from service.local_server import free_port, wait_ready
 from tests.service.helpers import copy_version, corrupt, running_server
 
 WARMUP_DELAY_S = 2.0

@@ -1,4 +1,4 @@
-"""Helpers for the service tests: a hand-built tiny export, a server subprocess, images."""
+"""Helpers for the service tests: copied versions, a real server, images, the app in-process."""
 
 from __future__ import annotations
 
@@ -18,58 +18,9 @@ from PIL import Image
 
 from handserve import artifacts
 from service.config import ServiceConfig
-from tests.fixtures_server import background_server
+from service.local_server import background_server
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def build_tiny_version(models_dir: Path, name: str = "digits", version: int = 1) -> Path:
-    """A 28x28x1, 10-label export made by hand (stand-in until tiny_export is available).
-
-    Same layout and manifest as training/export.py writes: saved_model/, model.tflite,
-    labels.txt, manifest.json with checksums.
-    """
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((28, 28, 1), dtype="float32")
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    outputs = keras.layers.Dense(10, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-
-    vdir = Path(models_dir) / name / str(version)
-    vdir.mkdir(parents=True)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32, name="images")])
-    def serve(images):
-        return {"scores": model(images, training=False)}
-
-    module = tf.Module()
-    module.model = model
-    module.serve = serve
-    tf.saved_model.save(module, str(vdir / "saved_model"), signatures={"serving_default": serve})
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], module)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    (vdir / "model.tflite").write_bytes(conv.convert())
-    labels = [str(i) for i in range(10)]
-    (vdir / "labels.txt").write_text("\n".join(labels) + "\n")
-    manifest = artifacts.Manifest(
-        name=name,
-        version=version,
-        labels=labels,
-        input=artifacts.InputContract(28, 28, 1),
-        formats={
-            "saved_model": artifacts.FormatEntry("saved_model", "saved_model", "float32"),
-            "tflite": artifacts.FormatEntry("model.tflite", "tflite", "float32"),
-        },
-        files=artifacts.file_entries(vdir),
-        created_at=artifacts.now_iso(),
-    )
-    artifacts.write_manifest(vdir, manifest)
-    return vdir
 
 
 def copy_version(src: Path, models_dir: Path, name: str, version: int | None = None) -> Path:

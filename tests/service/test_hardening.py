@@ -25,7 +25,7 @@ import requests
 from PIL import Image
 
 from service.config import ServiceConfig
-from tests.fixtures_server import free_port, wait_ready
+from service.local_server import free_port, wait_ready
 from tests.service.conftest import BODY_TIMEOUT_S
 from tests.service.helpers import REPO, copy_version, corrupt, digit_png, inprocess_client
 

@@ -25,7 +25,7 @@ from handserve.artifacts import ArtifactError, load_verified
 from handserve.images import decode_image
 from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
-from tests.fixtures_server import serving, wait_ready
+from service.local_server import serving, wait_ready
 from tests.lockfile import REQUIREMENTS, pins
 from tests.service.helpers import REPO, corrupt, digit_png, running_server
 

@@ -23,7 +23,7 @@ import requests
 from PIL import Image, ImageDraw
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures_server import free_port
+from service.local_server import free_port
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.server]
 

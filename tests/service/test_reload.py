@@ -18,7 +18,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from handserve import artifacts
-from tests.fixtures_server import wait_ready
+from service.local_server import wait_ready
 from tests.service.helpers import corrupt, digit_png, running_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]

@@ -15,7 +15,7 @@ import bentoml
 import pytest
 import requests
 
-from tests.fixtures_server import serving, wait_ready
+from service.local_server import serving, wait_ready
 from tests.service.helpers import REPO, digit_png
 
 pytestmark = pytest.mark.server

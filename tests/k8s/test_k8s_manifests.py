@@ -1,13 +1,14 @@
 """The Kubernetes manifests in k8s/ are valid and hang together, checked offline.
 
-Run: ``pytest tests/unit/test_k8s_manifests.py``. No cluster and no network: every build a user
+Run: ``pytest tests/k8s/test_k8s_manifests.py``. No cluster and no network: every build a user
 applies (``kubectl apply -k k8s/...``) is rendered with the real kustomize (``kubectl
 kustomize``), every resource is validated with ``kubernetes-validate`` against the Kubernetes
 OpenAPI schemas of 1.29 to the newest it ships (strict: unknown fields fail), and the
 invariants a cluster would only reveal at run time are asserted: probes on /livez and /readyz,
 ports that line up, resources, non-root without a fixed low UID, a read-only root with writable
 emptyDirs, one namespace, NetworkPolicies. The overlays' own features (GPU, KEDA, model volume,
-training and load-test Jobs, image pins) are in tests/k8s/; the policy scan in test_k8s_policy.py.
+training and load-test Jobs, image pins) are in the other files of tests/k8s/; the policy scan in
+test_k8s_policy.py.
 """
 
 from __future__ import annotations

@@ -9,20 +9,16 @@ misspelt or misplaced field fails here instead of being dropped by the API serve
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 kserve_models = pytest.importorskip("kserve.models", reason="the kserve SDK is not installed")
 k8s_models = pytest.importorskip("kubernetes.client.models")
 
 from service.config import ServiceConfig  # noqa: E402
+from tests.k8s.kube import KUBECTL, render  # noqa: E402
 
-KSERVE_DIR = Path(__file__).resolve().parents[2] / "k8s" / "kserve"
 KINDS = {
     ("serving.kserve.io/v1alpha1", "ServingRuntime"): "V1alpha1ServingRuntime",
     ("serving.kserve.io/v1beta1", "InferenceService"): "V1beta1InferenceService",
@@ -60,14 +56,9 @@ def check_fields(value: Any, type_name: str, where: str) -> None:
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
+    if KUBECTL is None:
         pytest.skip("kubectl (kustomize) is not installed; `make test` installs it")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(KSERVE_DIR)], capture_output=True, text=True, check=True
-    ).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
-    return {d["kind"]: d for d in docs}
+    return {d["kind"]: d for d in render("kserve")}
 
 
 def test_every_field_is_one_kserve_knows(rendered) -> None:

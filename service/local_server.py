@@ -1,24 +1,36 @@
-"""A real ``bentoml serve`` for tests and benchmarks: a free port, a process group, a sure stop.
+"""A real ``bentoml serve`` of this service: a free port, its own process group, a sure stop.
 
-Used by the service tests (``tests/service/helpers.py``) and by ``benchmarks/serve_bench.py``
-and ``benchmarks/reliability.py``; not part of the package, which only needs ``handserve serve``.
+The service tests (their third level: a real server, not the app in-process) and the serving
+benchmarks (``benchmarks/serve_bench.py``, ``reliability.py``, ``serve_accuracy.py``) start the
+same server the same way, so the code lives here, in the project both import, not in ``tests/``.
+A server started here gets a session (process group) of its own and is stopped with SIGTERM to
+that group, then SIGKILL to whatever of it (workers included) is left: a failed test or a
+Ctrl-C'd benchmark leaves no server behind. Users start servers with ``handserve serve``
+(:mod:`service.cli`); nothing in the service imports this module. It needs only the standard
+library and psutil (a dependency of BentoML), so it imports wherever the service does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import requests
+import psutil
 
 from service.cli import REPO, SERVICE
+
+# Loopback only: a proxy from the environment (http_proxy) must not see the readiness probe.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -40,9 +52,8 @@ def serving(
     """``argv --port PORT --host 127.0.0.1`` (a ``bentoml serve``) on a free loopback port, in
     its own process group, its output in ``log_path``; ``prefix`` runs it as another user.
 
-    Yields the base URL and the process as soon as it is started (callers poll ``/readyz``);
-    on exit the server gets SIGTERM (it stops its workers), and whatever of it is left, workers
-    included, SIGKILL after 15 s.
+    Yields the base URL and the process as soon as it is started (callers poll ``/readyz``
+    with :func:`wait_ready`); on exit the server is stopped by :func:`stop_server`.
     """
     port = free_port()
     with open(log_path, "wb") as log_file:
@@ -83,10 +94,9 @@ def background_server(
 def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     """SIGTERM a ``bentoml serve`` started in its own session, then kill what outlives it.
 
-    The workers may sit in process groups of their own: they are noted before stopping.
+    The workers may sit in process groups of their own: they are noted before stopping, and
+    each one still alive ``timeout`` seconds after the SIGTERM gets SIGKILL.
     """
-    import psutil
-
     family: list[psutil.Process] = []
     with contextlib.suppress(psutil.Error):
         family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
@@ -102,17 +112,32 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 def wait_ready(
     url: str, proc: subprocess.Popen[bytes], timeout: float = 120, log_path: Path | None = None
 ) -> None:
-    """Poll ``/readyz`` until 200; fail at once if the server process exits first. The error
-    ends with the last lines of ``log_path`` when given (what the server said)."""
+    """Poll ``/readyz`` until 200; fail at once if the server process exits first.
+
+    Raises:
+        RuntimeError: the server exited; TimeoutError: not ready within ``timeout`` seconds.
+        Either ends with the last lines of ``log_path`` when given (what the server said).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}{_tail(log_path)}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                return
+        if _answers_200(url + "/readyz"):
+            return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s{_tail(log_path)}")
+
+
+def _answers_200(url: str) -> bool:
+    """Whether a GET of ``url`` answers 200 within 2 s (refused, reset or 503: not yet)."""
+    try:
+        with _DIRECT.open(url, timeout=2) as response:
+            return int(response.status) == 200
+    except urllib.error.HTTPError as answer:  # 503 while loading: an answer, closed here
+        answer.close()
+        return False
+    except (OSError, http.client.HTTPException):  # refused, reset, timed out, cut short
+        return False
 
 
 def _tail(log_path: Path | None) -> str:

@@ -1,7 +1,7 @@
 """Policy scan: checkov finds nothing in what the k8s/ builds render, except what k8s/.checkov.yaml
 skips with its reason.
 
-Run: ``pytest tests/unit/test_k8s_policy.py``. checkov pins many packages that clash with the
+Run: ``pytest tests/k8s/test_k8s_policy.py``. checkov pins many packages that clash with the
 project's, so it lives in its own virtual environment: ``scripts/install-test-tools.sh`` makes
 ``.cache/venv-scan`` with it; ``HANDSERVE_CHECKOV`` or a ``checkov`` on PATH also work. Without
 it (or without kubectl to render) the tests skip with the reason.
