@@ -148,10 +148,18 @@ class HandServe:
         """The gRPC port of this worker; one that cannot listen keeps the server unready."""
         from service import v2_grpc  # grpc is imported only by servers that use it
 
+        backend = v2_grpc.Backend(
+            is_ready=self.__is_ready__,
+            resolve=self._v2_resolve,
+            metadata=self._v2_metadata,
+            scores=self._v2_scores,
+            max_images=self.cfg.max_batch_images,
+            max_message_bytes=self.cfg.max_body_bytes,
+            metrics=self.metrics,
+            version=handserve.__version__,
+        )
         try:
-            self._grpc = await v2_grpc.start(
-                self, self.cfg.grpc_host, self.cfg.grpc_port, handserve.__version__
-            )
+            self._grpc = await v2_grpc.start(backend, self.cfg.grpc_host, self.cfg.grpc_port)
         except (OSError, RuntimeError) as exc:
             self.registry.load_error = f"gRPC port {self.cfg.grpc_port}: {exc}"
             log.error("%s; /readyz stays 503", self.registry.load_error)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -35,7 +36,7 @@ from service import v2, v2_wire
 from service.errors import ApiError, count_rejected
 
 if TYPE_CHECKING:
-    from service.service import HandServe
+    from service.registry import LoadedModel
 
 log = logging.getLogger("handserve.service")
 
@@ -198,48 +199,69 @@ def model_metadata(meta: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------- the server
-class InferenceServicer:
-    """The protocol's six methods over the running :class:`service.service.HandServe`."""
+@dataclass(frozen=True)
+class Backend:
+    """What the gRPC methods need of the running service (``HandServe`` builds it): the same
+    readiness, model lookup, metadata and request path as its REST v2 routes."""
 
-    def __init__(self, svc: HandServe, version: str) -> None:
-        self.svc = svc
-        self.version = version
+    is_ready: Callable[[], bool]
+    #: (name, version or "") -> the served model; an ApiError as the REST route raises it
+    resolve: Callable[[str, str | None], LoadedModel]
+    metadata: Callable[[LoadedModel], dict[str, Any]]
+    #: the scores of a checked call, admitted and run by the service's engine
+    scores: Callable[[LoadedModel, v2.InferCall], Awaitable[np.ndarray]]
+    max_images: int
+    max_message_bytes: int
+    metrics: Any
+    version: str
+
+
+class InferenceServicer:
+    """The protocol's six methods over the running service's :class:`Backend`."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.svc.__is_ready__())
+        return pb.ServerReadyResponse(ready=self.backend.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        meta = v2.server_metadata(self.version)
-        return pb.ServerMetadataResponse(**meta)
+        return pb.ServerMetadataResponse(**v2.server_metadata(self.backend.version))
+
+    def _resolve(self, name: str, version: str) -> LoadedModel:
+        """The served model a message names. Over REST the name is part of the path; here an
+        empty one is a request that names no model, not a request for the default model."""
+        if not name:
+            raise ApiError("unknown_model", "the request names no model")
+        return self.backend.resolve(name, version)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         """Ready when the model is served and warm; a model refused at load, unknown, or on a
         server still loading is not ready (``false``, as Triton answers), not an error."""
         try:
-            self.svc._v2_resolve(request.name, request.version)
+            self._resolve(request.name, request.version)
         except ApiError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        model = self.svc._v2_resolve(request.name, request.version)
-        return model_metadata(self.svc._v2_metadata(model))
+        model = self._resolve(request.name, request.version)
+        return model_metadata(self.backend.metadata(model))
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        model = self.svc._v2_resolve(request.model_name, request.model_version)
-        call = parse_request(request, model.manifest, self.svc.cfg.max_batch_images)
-        scores = await self.svc._v2_scores(model, call)
+        model = self._resolve(request.model_name, request.model_version)
+        call = parse_request(request, model.manifest, self.backend.max_images)
+        scores = await self.backend.scores(model, call)
         return infer_response(call, model.name, model.version, model.manifest.labels, scores)
 
 
 def _handler(
-    svc: HandServe, method: str, fn: Callable[[Any, Any], Awaitable[Any]], message: Any
+    metrics: Any, method: str, fn: Callable[[Any, Any], Awaitable[Any]], message: Any
 ) -> grpc.RpcMethodHandler:
     """A unary method: undecodable bytes and ApiErrors answered with their status, counted."""
-    metrics = svc.metrics
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -284,14 +306,14 @@ METHODS = {
 }
 
 
-async def start(svc: HandServe, host: str, port: int, version: str) -> grpc.aio.Server:
+async def start(backend: Backend, host: str, port: int) -> grpc.aio.Server:
     """A started ``grpc.aio`` server on ``host:port`` in this worker (``SO_REUSEPORT``)."""
-    servicer = InferenceServicer(svc, version)
+    servicer = InferenceServicer(backend)
     handlers = {
-        method: _handler(svc, method, getattr(servicer, method), message)
+        method: _handler(backend.metrics, method, getattr(servicer, method), message)
         for method, message in METHODS.items()
     }
-    limit = svc.cfg.max_body_bytes + MESSAGE_OVERHEAD
+    limit = backend.max_message_bytes + MESSAGE_OVERHEAD
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),

@@ -235,3 +235,11 @@ def test_a_message_over_the_size_limit_is_refused_by_grpc(channel, server) -> No
     request.raw_input_contents.append(b"\0" * (11 * 1024 * 1024))  # over max_body_bytes (10 MiB)
     assert _call(channel, request.SerializeToString()) == grpc.StatusCode.RESOURCE_EXHAUSTED
     _alive(server)
+
+
+def test_a_message_that_names_no_model_is_not_found(channel) -> None:
+    """Over REST the model is part of the path; a gRPC message without one gets no default."""
+    request = pb.ModelInferRequest(model_name="")
+    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(len(b"x").to_bytes(4, "little") + b"x")
+    assert _call(channel, request.SerializeToString()) == grpc.StatusCode.NOT_FOUND
