@@ -57,7 +57,7 @@ def test_every_kustomization_is_built_or_included() -> None:
     """A new folder must join BUILDS (and so every check here) or be included by one."""
     folders = set()
     for path in K8S.rglob("kustomization.yaml"):
-        if path.is_relative_to(K8S / "kserve"):
+        if path.is_relative_to(K8S / "kserve") or path.is_relative_to(K8S / "kserve-grpc"):
             continue  # KServe's manifests have tests of their own
         if yaml.safe_load(path.read_text())["kind"] == "Kustomization":
             folders.add(path.parent.relative_to(K8S).as_posix())
@@ -74,7 +74,7 @@ def _resource_files() -> list[Path]:
     as opposed to patches, which are partial by design."""
     files = set()
     for kfile in K8S.rglob("kustomization.yaml"):
-        if kfile.is_relative_to(K8S / "kserve"):
+        if kfile.is_relative_to(K8S / "kserve") or kfile.is_relative_to(K8S / "kserve-grpc"):
             continue
         for entry in yaml.safe_load(kfile.read_text()).get("resources") or []:
             path = (kfile.parent / entry).resolve()
@@ -168,8 +168,13 @@ def test_probes_ports_and_selectors_line_up(name: str) -> None:
 
     service = one(resources, "Service")
     assert service["spec"]["selector"] == POD_LABELS
-    (service_port,) = service["spec"]["ports"]
-    assert port_number(service_port["targetPort"]) == ports["http"]
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(by_name) == {"http", "grpc"}
+    assert port_number(by_name["http"]["targetPort"]) == ports["http"]
+    # the gRPC port is the one the workers listen on, and gateways know it is HTTP/2
+    assert port_number(by_name["grpc"]["targetPort"]) == ports["grpc"]
+    assert ports["grpc"] == int(env(container)["HANDSERVE_GRPC_PORT"])
+    assert by_name["grpc"]["appProtocol"] == "kubernetes.io/h2c"
 
     annotations = pod["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
@@ -234,8 +239,9 @@ def test_every_pod_is_behind_a_network_policy(name: str) -> None:
 
 @needs_kubectl
 @pytest.mark.parametrize("name", SERVING)
-def test_the_server_admits_only_its_service_port(name: str) -> None:
-    """Clients and Prometheus (/metrics is on the same port) get in; nothing else does."""
+def test_the_server_admits_only_its_service_ports(name: str) -> None:
+    """Clients (HTTP and gRPC) and Prometheus (/metrics is on the HTTP port) get in; nothing
+    else does."""
     resources = render(name)
     (policy,) = [
         p
@@ -244,10 +250,13 @@ def test_the_server_admits_only_its_service_port(name: str) -> None:
     ]
     (container,) = one(resources, "Deployment")["spec"]["template"]["spec"]["containers"]
     (rule,) = policy["spec"]["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-    assert "http" in {p["name"] for p in container["ports"]}
+    assert rule["ports"] == [
+        {"port": "http", "protocol": "TCP"},
+        {"port": "grpc", "protocol": "TCP"},
+    ]
+    assert {"http", "grpc"} == {p["name"] for p in container["ports"]}
     service = one(resources, "Service")
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
 
 
 @needs_kubectl

@@ -1,6 +1,6 @@
-"""The KServe example (k8s/kserve) renders, has only fields KServe knows, and lines up with the
-service: the v2 protocol, the port the server listens on, probe paths it answers, settings it
-reads, and the image pinned in k8s/release.
+"""The KServe examples (k8s/kserve over REST, k8s/kserve-grpc over gRPC) render, have only
+fields KServe knows, and line up with the service: the protocol, the one routed port the server
+listens on, probe paths it answers, settings it reads, and the image pinned in k8s/release.
 
 No cluster: the rendered resources are checked field by field against the types of the kserve
 SDK (``kserve.models``, generated from KServe's CRD schemas) and the Kubernetes client's, so a
@@ -54,16 +54,20 @@ def check_fields(value: Any, type_name: str, where: str) -> None:
         check_fields(item, cls.openapi_types[by_json[key]], f"{where}.{key}")
 
 
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, dict[str, Any]]:
+#: folder -> the protocolVersion its InferenceService asks for
+VARIANTS = {"kserve": "v2", "kserve-grpc": "grpc-v2"}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def rendered(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
     if KUBECTL is None:
         pytest.skip("kubectl (kustomize) is not installed; `make test` installs it")
-    return {d["kind"]: d for d in render("kserve")}
+    return {"folder": request.param, **{d["kind"]: d for d in render(request.param)}}
 
 
 def test_every_field_is_one_kserve_knows(rendered) -> None:
-    assert set(rendered) == {"ServingRuntime", "InferenceService"}
-    for doc in rendered.values():
+    assert set(rendered) == {"folder", "ServingRuntime", "InferenceService"}
+    for doc in (rendered["ServingRuntime"], rendered["InferenceService"]):
         type_name = KINDS[(doc["apiVersion"], doc["kind"])]
         check_fields(doc, type_name, doc["kind"])
 
@@ -78,14 +82,28 @@ def test_runtime_and_inference_service_line_up_with_the_server(rendered) -> None
     runtime, isvc = rendered["ServingRuntime"], rendered["InferenceService"]
     model = isvc["spec"]["predictor"]["model"]
     assert model["runtime"] == runtime["metadata"]["name"]
-    assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
+    protocol = VARIANTS[rendered["folder"]]
+    assert model["protocolVersion"] == protocol and runtime["spec"]["protocolVersions"] == [
+        protocol
+    ]
     formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert model["modelFormat"]["name"] in formats
     (container,) = runtime["spec"]["containers"]
     assert container["name"] == "kserve-container"  # the container KServe routes to
     env = {e["name"]: e["value"] for e in container["env"]}
     port = int(env["BENTOML_PORT"])
-    assert [p["containerPort"] for p in container["ports"]] == [port]
+    # KServe routes one port per container, HTTP ("http1") or gRPC (named "h2c"); the probes
+    # and Prometheus use bentoml's HTTP port either way.
+    (routed,) = container["ports"]
+    if protocol == "grpc-v2":
+        assert routed["name"] == "h2c" and routed["containerPort"] == int(
+            env["HANDSERVE_GRPC_PORT"]
+        )
+        assert routed["containerPort"] != port
+    else:
+        assert routed["containerPort"] == port and "HANDSERVE_GRPC_PORT" not in env
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == port, probe
     assert int(runtime["spec"]["annotations"]["prometheus.kserve.io/port"]) == port
     # The storage initializer puts the model files at /mnt/models.
     assert env["HANDSERVE_MODELS_DIR"] == "/mnt/models"
