@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,20 @@ def test_a_message_that_names_no_model_is_not_found(channel) -> None:
     request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
     request.raw_input_contents.append(len(b"x").to_bytes(4, "little") + b"x")
     assert _call(channel, request.SerializeToString()) == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_readme_grpc_example_runs_as_written(server) -> None:
+    """The README's tritonclient.grpc block, pointed at this server, prints three
+    ``score:index:label`` strings for its example image."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (code,) = [b for b in blocks if "tritonclient.grpc" in b]
+    assert "localhost:8001" in code
+    done = subprocess.run(
+        [sys.executable, "-c", code.replace("localhost:8001", server.grpc)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(re.findall(r"b'[0-9.]+:\d+:[^']+'", done.stdout)) == 3, done.stdout
