@@ -9,9 +9,8 @@ import pytest
 
 from handserve import configs
 from handserve.configs import ConfigError
+from tests.conftest import REPO
 from training.config import TrainConfig
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
