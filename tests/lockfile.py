@@ -17,7 +17,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 LOCK = REPO / "uv.lock"
 REQUIREMENTS = REPO / "requirements"
 #: `make` installs and syncs .venv with these extras (Makefile: SYNC).

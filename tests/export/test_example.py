@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+
 IMAGES = [
     REPO / "examples" / "images" / "digit_7.png",
     REPO / "examples" / "images" / "digit_3.jpg",

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import handserve_cli as cli
 from handserve_cli import models as registry
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def _models_with_two_versions(tiny_export: Path, tmp_path: Path) -> Path:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+
 K8S = REPO / "k8s"
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(

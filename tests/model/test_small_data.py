@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from handserve_cli import main
+from tests.conftest import REPO
 from training import train
 from training.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("rows", "columns", "dots")
 
 

@@ -20,8 +20,6 @@ from handserve import artifacts
 from service.config import ServiceConfig
 from service.local_server import background_server
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def copy_version(src: Path, models_dir: Path, name: str, version: int | None = None) -> Path:
     """Copy a version folder under a new name, rewriting the manifest's name/version."""

@@ -26,8 +26,9 @@ from PIL import Image
 
 from service.config import ServiceConfig
 from service.local_server import free_port, wait_ready
+from tests.conftest import REPO
 from tests.service.conftest import BODY_TIMEOUT_S
-from tests.service.helpers import REPO, copy_version, corrupt, digit_png, inprocess_client
+from tests.service.helpers import copy_version, corrupt, digit_png, inprocess_client
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

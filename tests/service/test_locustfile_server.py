@@ -24,6 +24,7 @@ import pytest
 import requests
 import yaml
 
+from tests.conftest import REPO
 from tests.service.helpers import digit_png
 
 pytestmark = pytest.mark.server
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.server
 if importlib.util.find_spec("locust") is None:
     pytest.skip("locust is not installed", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "load_tests" / "locustfile.py"
 #: A p95 bound no run misses: the pass/fail tests must not depend on this machine's speed.
 GENEROUS_P95_MS = "60000"

@@ -26,8 +26,9 @@ from handserve.images import decode_image
 from handserve.runtimes import open_runtime
 from service.bento_guard import ALLOW_ENV
 from service.local_server import serving, wait_ready
+from tests.conftest import REPO
 from tests.lockfile import REQUIREMENTS, pins
-from tests.service.helpers import REPO, corrupt, digit_png, running_server
+from tests.service.helpers import corrupt, digit_png, running_server
 
 PROJECT_FILES = (
     "bentofile.yaml",

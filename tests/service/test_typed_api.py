@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from service.local_server import serving, wait_ready
-from tests.service.helpers import REPO, digit_png
+from tests.conftest import REPO
+from tests.service.helpers import digit_png
 
 pytestmark = pytest.mark.server
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 import handserve_cli as cli
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from handserve.configs import ConfigError
+from tests.conftest import REPO
 from training.config import TrainConfig
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

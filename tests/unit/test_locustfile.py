@@ -15,16 +15,16 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import REPO
 
 # find_spec, not importorskip: importing locust here would monkey-patch this process.
 if importlib.util.find_spec("locust") is None:
     pytest.skip("locust is not installed", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[2]
 LOCUSTFILE = REPO / "load_tests" / "locustfile.py"
 
 _PROBE = r"""
