@@ -148,6 +148,8 @@ def test_cpu_bento_packs_only_what_litert_serving_reads(cpu_bento: Path) -> None
     for rel in ("service/service.py", "service/reload.py", "handserve/runtimes.py"):
         assert (cpu_bento / "src" / rel).is_file(), rel
     assert (cpu_bento / "src" / "service" / "static" / "index.html").is_file()
+    assert (cpu_bento / "src" / "service" / "v2_grpc.py").is_file()  # the gRPC port's code
+    assert not (cpu_bento / "src" / "service" / "local_server.py").exists()  # tests' helper
     # No saved_model/, model.keras, other .tflite files, report/, samples.npz or staging folder.
     assert model_files(cpu_bento) == {"README.md", "tiny/1/manifest.json", "tiny/1/model.tflite"}
     version = cpu_bento / "src" / "models" / "tiny" / "1"
