@@ -161,6 +161,40 @@ def request_maker(
     return lambda: (path, {"data": body, "headers": headers})
 
 
+class WorkerSplit:
+    """Each worker process's share of the server's CPU time over one cell, in percent (``-``
+    with ``--url``): whether the load was spread over the workers or sat on one."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        import psutil
+
+        self.workers: list[Any] = []
+        if server_pid is not None:
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(server_pid).children(recursive=True)
+                self.workers = [
+                    p for p in children if "_bentoml_impl.worker" in " ".join(p.cmdline())
+                ]
+        self.before = self._times()
+
+    def _times(self) -> list[float]:
+        out = []
+        for p in self.workers:
+            try:
+                t = p.cpu_times()
+                out.append(t.user + t.system)
+            except Exception:
+                out.append(float("nan"))
+        return out
+
+    def done(self) -> str:
+        used = [b - a for a, b in zip(self.before, self._times(), strict=True)]
+        total = sum(used)
+        if not used or not total > 0:
+            return "-"
+        return "/".join(f"{100 * u / total:.0f}" for u in sorted(used, reverse=True))
+
+
 def target(models_dir: Path, name: str | None) -> tuple[str, Path]:
     """The model to measure (``name``, or the first in ``models_dir``) and its newest version;
     exits with the reason when there is none."""
@@ -296,12 +330,14 @@ async def main_async(
             else:
                 make = request_maker(protocol, model, image, batch_images, ctype, pixels)
             for c in args.concurrency:
+                split = WorkerSplit(getattr(args, "server_pid", None))
                 if protocol.startswith("grpc"):
                     row = await run_grpc_cell(
                         url, args.grpc, request, c, args.seconds, batch_images
                     )
                 else:
                     row = await run_cell(url, make, c, args.seconds, batch_images)
+                row["split"] = split.done()
                 size = "single" if batch_images == 1 else f"batch×{batch_images}"
                 row.update(kind=size if protocol == "image" else f"{protocol} {size}", c=c)
                 print(
@@ -315,7 +351,9 @@ async def main_async(
         phone = phone_jpeg(image)
         make = request_maker("image", model, phone, 1, "image/jpeg", pixels)
         for c in args.concurrency:
+            split = WorkerSplit(getattr(args, "server_pid", None))
             row = await run_cell(url, make, c, args.seconds, 1)
+            row["split"] = split.done()
             row.update(kind=f"12 MP JPEG ({len(phone) / 1e6:.1f} MB)", c=c)
             print(f"  {row['kind']} c={c:<3} {row['rps']:7.1f} req/s", flush=True)
             rows.append(row)
@@ -374,21 +412,23 @@ def main() -> int:
     if args.url:
         rows = asyncio.run(main_async(args, args.url, model, image, pixels))
     else:
-        with server(args.models_dir, env) as (url, _):
+        with server(args.models_dir, env) as (url, proc):
+            args.server_pid = proc.pid
             rows = asyncio.run(main_async(args, url, model, image, pixels))
     print(f"\nload average after: {os.getloadavg()[0]:.2f}\n")
     print(
         "| request | concurrency | requests/s | images/s | p50 ms | p95 ms | p99 ms "
-        "| failures | mean batch |"
+        "| failures | mean batch | worker CPU % |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r['kind']} | {r['c']} | {r['rps']:.1f} | {r['ips']:.1f} | {r['p50']:.1f} "
-            f"| {r['p95']:.1f} | {r['p99']:.1f} | {r['failures']} | {r['mean_batch']:.1f} |"
+            f"| {r['p95']:.1f} | {r['p99']:.1f} | {r['failures']} | {r['mean_batch']:.1f} "
+            f"| {r['split']} |"
         )
     for n, ips in ceil.items():
-        print(f"| in-process LiteRT, batch {n} | - | - | {ips:.0f} | - | - | - | - | {n} |")
+        print(f"| in-process LiteRT, batch {n} | - | - | {ips:.0f} | - | - | - | - | {n} | - |")
     return 0
 
 

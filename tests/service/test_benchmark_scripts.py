@@ -44,10 +44,12 @@ def test_serve_bench_measures_every_protocol_without_failures(bench_models: Path
         *("grpc-tensor", "grpc-bytes"),
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    cells = [r for r in table_rows(done.stdout) if len(r) == 9 and r[1] == "2"]
+    cells = [r for r in table_rows(done.stdout) if len(r) == 10 and r[1] == "2"]
     assert len(cells) == 10, done.stdout  # single and batch requests, for each of 5 protocols
-    for kind, _, rps, _, _, _, _, failures, _ in cells:
+    for kind, _, rps, _, _, _, _, failures, _, split in cells:
         assert float(rps) > 0 and failures == "0", (kind, rps, failures)
+        # every worker process's share of the CPU, adding up to about 100
+        assert 98 <= sum(int(s) for s in split.split("/")) <= 102, (kind, split)
     assert any(r[0].startswith("in-process LiteRT") for r in table_rows(done.stdout))
 
 
