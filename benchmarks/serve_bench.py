@@ -230,7 +230,10 @@ async def run_grpc_cell(
 
     latencies: list[float] = []
     statuses: dict[str, int] = {}
-    channels = [grpc.aio.insecure_channel(address) for _ in range(concurrency)]
+    # grpc shares one connection among a process's channels to the same address unless each
+    # has a subchannel pool of its own: without this, every client would sit on one worker.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(concurrency)]
     async with aiohttp.ClientSession() as session:
         s0, c0 = await batch_hist(session, url)
         stop = time.perf_counter() + seconds
