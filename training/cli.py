@@ -32,6 +32,7 @@ DATA_FIELDS = (
     "limit",
     "seed",
     "batch_size",
+    "crop_hands",
 )
 
 

@@ -72,6 +72,20 @@ class TrainConfig:
     )
     # None: use everything. Small numbers make quick runs and tests.
     limit: int | None = _f(None, "use at most this many training images (quick runs)")
+    # A photo of a sign shows a hand, a forearm and a room; the model should read the hand, and
+    # whoever serves it must crop the same way (the manifest's input.crop, handserve.hands).
+    # None: on for sign_mnist (its images are hand crops; the crop rule keeps them whole, and
+    # the contract tells servers and apps to crop real photos), off otherwise.
+    crop_hands: bool | None = _f(
+        None,
+        "crop each image to its hand before training (folder, sign_mnist); "
+        "the exported version's input contract then crops too",
+        shown="on for sign_mnist, off otherwise",
+    )
+    # Keeping a photo whole keeps its label in the data; skipping it keeps the data clean.
+    no_hand: Literal["keep", "skip"] = _f(
+        "keep", "with --crop-hands: photos without a hand found are kept whole or skipped"
+    )
 
     # --- model
     # The DLI course's ASL CNN trains from scratch offline; pretrained backbones need weights.
@@ -194,11 +208,22 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        if self.crop_hands and self.dataset not in ("folder", "sign_mnist"):
+            raise ValueError(
+                f"crop_hands (--crop-hands) is for images of hands (folder, sign_mnist), "
+                f"not {self.dataset}"
+            )
         if self.export_name is not None:  # fail before training, not after it
             try:
                 validate_name(self.export_name)
             except ValueError as exc:
                 raise ValueError(f"export_name (--export-name): {exc}") from None
+
+    @property
+    def hand_crop(self) -> str | None:
+        """The input contract's crop: ``"hand"`` when images are cropped to the hand, else None."""
+        on = self.dataset == "sign_mnist" if self.crop_hands is None else self.crop_hands
+        return "hand" if on else None
 
     @property
     def folder_test_fraction(self) -> float:
