@@ -303,6 +303,7 @@ class ModelRegistry:
                         "color_mode": man.input.color_mode,
                         "dtype": man.input.dtype,
                         "value_range": list(man.input.value_range),
+                        "crop": man.input.crop,
                     },
                     "runtime": m.runtime.name,
                     "file": m.runtime.file,
