@@ -17,8 +17,9 @@ crops), on the version's ``model.tflite`` as the server runs it; top-1 and top-3
 
 ``loso``: leave one source out. For each source of the photo folder (``<LETTER>/<source>_<n>``),
 a model (default: MobileNetV2 fine-tuned, ``--crop-hands``) trains on the other sources and is
-scored on the held-out one; photos without a hand are kept whole. Sources, not photos, are the
-unit: three of the four are webcam bursts of one person each (SOURCES.md).
+scored on the held-out one; photos without a hand are kept whole (``--whole``: the same without
+the crop, the baseline). Sources, not photos, are the unit: three of the four are webcam bursts
+of one person each (SOURCES.md).
 
 Prints Markdown tables (docs/training.md, "Hand crops"). A benchmark, not a test.
 """
@@ -164,7 +165,7 @@ def loso(args: argparse.Namespace) -> None:
             **json.loads(args.settings),
             "dataset": "folder",
             "data_dir": str(folder),
-            "crop_hands": True,
+            "crop_hands": not args.whole,
             "no_hand": "keep",
             "test_fraction": 0.0,
             "runs_dir": str(work / "runs"),
@@ -180,7 +181,8 @@ def loso(args: argparse.Namespace) -> None:
         hits1, hits3, n = _score_run(result.run_dir, cfg, sources[held])
         rows.append((held, n, hits1, hits3, minutes))
         log.info("held out %s: top-1 %d/%d", held, hits1, n)
-    print(f"settings: {json.dumps(json.loads(args.settings))}, crop_hands, seed {args.seed}")
+    crop = "whole photos (--whole)" if args.whole else "crop_hands"
+    print(f"settings: {json.dumps(json.loads(args.settings))}, {crop}, seed {args.seed}")
     print("| held-out source | photos | top-1 | top-3 | train minutes |")
     print("|---|---:|---:|---:|---:|")
     for held, n, h1, h3, minutes in rows:
@@ -195,8 +197,8 @@ def _score_run(run_dir: Path, cfg, photos) -> tuple[int, int, int]:
     """Top-1 and top-3 hits of a run's model on held-out photos, cropped as it was trained."""
     import keras
 
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    names = (run_dir / "labels.txt").read_text().split()
+    model = keras.models.load_model(run_dir / artifacts.KERAS_MODEL, compile=False)
+    names = artifacts.read_labels(run_dir / artifacts.LABELS)
     channels = 1 if cfg.color_mode == "grayscale" else 3
     spec = ImageSpec(cfg.image_size, cfg.image_size, channels, cfg.hand_crop)
     xs = []
@@ -250,6 +252,7 @@ def main() -> int:
     lo.add_argument("--settings", default=json.dumps(LOSO_SETTINGS), help="TrainConfig JSON")
     lo.add_argument("--seed", type=int, default=42)
     lo.add_argument("--work-dir", type=Path, default=None)
+    lo.add_argument("--whole", action="store_true", help="the baseline: train and score whole")
     args = parser.parse_args()
     {"detect": detect, "classify": classify, "loso": loso}[args.command](args)
     return 0
