@@ -136,3 +136,14 @@ def test_a_sign_mnist_sized_crop_is_served_whole(models_dir: Path, shared_data: 
     whole = _reference(version, decode_image(buf.getvalue(), ImageSpec(28, 28, 1)))
     np.testing.assert_allclose([got[i] for i in range(len(got))], whole, atol=1e-5)
     assert spec.crop == "hand"
+
+
+def test_a_server_without_the_hand_models_refuses_such_a_version_saying_why(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(hands.MODELS_ENV, str(tmp_path / "no-models-here"))
+    cfg = ServiceConfig(models_dir=str(models_dir), runtime="litert")
+    with inprocess_client(cfg) as (client, _):
+        refused = {r["name"]: r["reason"] for r in client.get("/models").json()["refused"]}
+    assert set(refused) == {"photos", "signs"}
+    assert all("fetch-hand-models.sh" in reason for reason in refused.values()), refused
