@@ -76,7 +76,8 @@ TASK_MEMBERS = {
 #: Margin around the landmarks' box on each side, as a fraction of its longer side: landmarks
 #: sit on the joints and fingertips' centres, so without one a fingertip or the wrist is cut;
 #: Sign MNIST's crops are tight, and a Sign MNIST model read the shared photos best with a
-#: small margin (top-1 20.8% at 0.05, 19.9% at 0.1, 13.4% at 0.2, 10.2% at 0.3; docs/training.md).
+#: small margin (top-1 20.4% at 0.05, 18.1% at 0.1, 11.6% at 0.2, 9.3% at 0.3; docs/training.md);
+#: 0.1 rather than the best figure, which 216 photos cannot tell from noise, keeps fingertips.
 HAND_MARGIN = 0.1
 #: A square covering at least this fraction of the longer side keeps the image whole: the image
 #: is already a hand crop (Sign MNIST, a close-up), and cropping it would only cut its edges.
