@@ -3,6 +3,7 @@
     python benchmarks/hand_crops.py detect   --photos ../shared/data/asl_photos
     python benchmarks/hand_crops.py classify --photos ../shared/data/asl_photos \\
         --models-dir models --model sign-mnist
+    python benchmarks/hand_crops.py landmarks --photos ../shared/data/asl_photos
     python benchmarks/hand_crops.py loso     --photos ../shared/data/asl_photos --weights \\
         ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 
@@ -20,6 +21,10 @@ a model (default: MobileNetV2 fine-tuned, ``--crop-hands``) trains on the other 
 scored on the held-out one; photos without a hand are kept whole (``--whole``: the same without
 the crop, the baseline). Sources, not photos, are the unit: three of the four are webcam bursts
 of one person each (SOURCES.md).
+
+``landmarks``: the same leave-one-source-out split on the 21 landmarks of the hand (from the
+wrist, scaled to the hand, each training sign also mirrored) with a support-vector classifier:
+what the hand's shape alone tells, without its pixels.
 
 Prints Markdown tables (docs/training.md, "Hand crops"). A benchmark, not a test.
 """
@@ -215,6 +220,38 @@ def _score_run(run_dir: Path, cfg, photos) -> tuple[int, int, int]:
     return hits1, hits3, len(photos)
 
 
+def landmarks(args: argparse.Namespace) -> None:
+    """Leave one source out, on the hand's 21 landmarks instead of its pixels (a comparison)."""
+    from sklearn.svm import SVC
+
+    sources = photos_by_source(args.photos)
+    detector = hands.HandDetector()
+    feats: dict[str, list[np.ndarray]] = {}
+    for source, photos in sources.items():
+        feats[source] = []
+        for path, _ in photos:
+            found = detector.hands(open_image(path.read_bytes(), size=hands.DETECT_SIZE))
+            if not found:  # no hand: a zero vector, scored as a miss in practice
+                feats[source].append(np.zeros(42))
+                continue
+            points = max(found, key=lambda h: h.area).landmarks.astype(np.float64)
+            points = points - points[0]  # from the wrist, scaled to the hand's size
+            feats[source].append((points / max(np.abs(points).max(), 1e-9)).reshape(-1))
+    print("| held-out source | photos | top-1 |")
+    print("|---|---:|---:|")
+    accs = []
+    for held in sources:
+        x = np.stack([f for s in sources if s != held for f in feats[s]])
+        y = [label for s in sources if s != held for _, label in sources[s]]
+        mirrored = x.reshape(-1, 21, 2) * [-1.0, 1.0]  # either hand: add each sign mirrored
+        model = SVC(C=10).fit(np.concatenate([x, mirrored.reshape(len(x), -1)]), y + y)
+        truth = [label for _, label in sources[held]]
+        hits = int((model.predict(np.stack(feats[held])) == np.array(truth)).sum())
+        accs.append(hits / len(truth))
+        print(f"| {held} | {len(truth)} | {hits}/{len(truth)} ({hits / len(truth):.1%}) |")
+    print(f"| mean over sources | | {np.mean(accs):.1%} |")
+
+
 #: The leave-one-source-out recipe: configs/folder.yaml's (MobileNetV2 fine-tuned whole, MixUp)
 #: on about 160 photos, with the crop.
 LOSO_SETTINGS = {
@@ -242,7 +279,7 @@ def main() -> int:
     )
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("detect", "classify", "loso"):
+    for name in ("detect", "classify", "loso", "landmarks"):
         p = sub.add_parser(name)
         p.add_argument("--photos", type=Path, required=True, help="<LABEL>/<source>_<n> photos")
     sub.choices["classify"].add_argument("--models-dir", type=Path, default=REPO / "models")
@@ -254,7 +291,9 @@ def main() -> int:
     lo.add_argument("--work-dir", type=Path, default=None)
     lo.add_argument("--whole", action="store_true", help="the baseline: train and score whole")
     args = parser.parse_args()
-    {"detect": detect, "classify": classify, "loso": loso}[args.command](args)
+    {"detect": detect, "classify": classify, "loso": loso, "landmarks": landmarks}[args.command](
+        args
+    )
     return 0
 
 

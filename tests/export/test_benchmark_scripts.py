@@ -162,6 +162,10 @@ def test_hand_crops_detects_classifies_and_holds_each_source_out(
     rows = [line for line in done.stdout.splitlines() if line.startswith("| beta | 9 |")]
     assert len(rows) == 1 and rows[0].endswith("| 0/9 (0.0%) | 0/9 (0.0%) |"), done.stdout
 
+    done = run_benchmark("hand_crops.py", "landmarks", *photos)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| alpha | 9 |" in done.stdout and "| mean over sources |" in done.stdout
+
     settings = {"backbone": "cnn", "weights": "none", "image_size": 28, "epochs": 1}
     done = run_benchmark(
         "hand_crops.py",
