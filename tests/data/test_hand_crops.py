@@ -124,3 +124,14 @@ def test_crop_hands_on_digits_is_refused_naming_the_flag() -> None:
 
     with pytest.raises(ConfigError, match="--crop-hands"):
         configs.load(TrainConfig, None, {"dataset": "mnist", "crop_hands": True})
+
+
+def test_evaluation_crops_as_the_model_was_trained(tmp_path: Path) -> None:
+    """``handserve evaluate`` takes its folder defaults from the model's dataset.json."""
+    from training.run_folder import RunFolder, data_defaults
+
+    info = DatasetInfo("signs", "x", ["a", "b"], (32, 32, 3), crop="hand")
+    RunFolder(tmp_path).write_dataset(info)
+    assert data_defaults(tmp_path) == {"image_size": 32, "color_mode": "rgb", "crop_hands": True}
+    RunFolder(tmp_path).write_dataset(DatasetInfo("d", "x", ["a", "b"], (28, 28, 1)))
+    assert data_defaults(tmp_path)["crop_hands"] is False
