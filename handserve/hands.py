@@ -1,7 +1,8 @@
 """Find the hand in a photo and crop a square around it: the one crop rule, shared everywhere.
 
 A sign-language model trained on hand crops (Sign Language MNIST) reads a real photo (a hand, a
-forearm and a room) at chance; cropped to the hand first it reads it. Training's folder loader
+forearm and a room) at chance; it must at least see the photo cropped as it was trained (on the
+shared photos: 6.5% top-1 whole, 18.1% cropped; docs/training.md). Training's folder loader
 (``--crop-hands``), the service (a version whose contract says ``crop: "hand"``) and the
 benchmarks all crop through :func:`crop_hand`, so the crop cannot drift between them.
 
@@ -15,7 +16,9 @@ dependency) and MediaPipe's documented post-processing, so nothing else joins ``
    up, scaled 2.6×, shifted half a box towards the fingers, squared
    (``mediapipe/modules/hand_landmark/palm_detection_detection_to_roi.pbtxt``);
 3. hand landmarks (``hand_landmark_lite.tflite``) on that region at 224×224: 21 points and a
-   hand-presence score (``hand_landmark_cpu.pbtxt``).
+   hand-presence score (``hand_landmark_cpu.pbtxt``). When the palm detector finds nothing, the
+   landmark model looks once at the whole image: the palm detector misses hands that fill the
+   frame.
 
 The files come from the ``mediapipe`` 0.10.21 wheel on PyPI (Apache-2.0), taken out of it at
 install time by ``scripts/fetch-hand-models.sh`` into ``.cache/hand_models/`` and checked
