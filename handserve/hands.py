@@ -308,7 +308,11 @@ class HandDetector:
         outs = sorted(self._palm.get_output_details(), key=lambda d: int(d["shape"][-1]))
         self._palm_scores, self._palm_boxes = (d["index"] for d in outs)  # [..,1] then [..,18]
         self._lm_in = self._landmark.get_input_details()[0]["index"]
-        self._lm_out = {d["name"]: d for d in self._landmark.get_output_details()}
+        # Outputs in the model's order: 21×3 landmarks, hand presence, handedness, world
+        # landmarks; taken by size, the first of each, so a renamed tensor changes nothing.
+        outs = self._landmark.get_output_details()
+        self._lm_points = next(d["index"] for d in outs if int(np.prod(d["shape"])) == 63)
+        self._lm_presence = next(d["index"] for d in outs if int(np.prod(d["shape"])) == 1)
 
     def palms(self, img: Image.Image) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """Palm boxes ``(x0, y0, x1, y1)`` and 7 keypoints in pixels, with scores."""
@@ -399,11 +403,10 @@ class HandDetector:
         tensor = np.asarray(region, dtype=np.float32)[None] / 255.0
         self._landmark.set_tensor(self._lm_in, tensor)
         self._landmark.invoke()
-        outs = {k: self._landmark.get_tensor(v["index"]) for k, v in self._lm_out.items()}
-        presence = float(outs["Identity_1"].reshape(-1)[0])
+        presence = float(self._landmark.get_tensor(self._lm_presence).reshape(-1)[0])
         if presence < _MIN_PRESENCE:
             return None
-        local = outs["Identity"].reshape(21, 3)[:, :2]
+        local = self._landmark.get_tensor(self._lm_points).reshape(21, 3)[:, :2]
         xs = a * local[:, 0] + b * local[:, 1] + c
         ys = d * local[:, 0] + e * local[:, 1] + f
         return np.stack([xs, ys], axis=1)
