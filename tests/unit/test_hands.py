@@ -269,3 +269,21 @@ def test_the_crop_follows_the_hand_and_a_crop_of_it_stays_whole(shared_data: Pat
     )
     close_up = img.crop(first.box)
     assert hands.find_crop(close_up, detector).whole
+
+
+def test_a_phone_photo_is_decoded_at_the_detectors_size_not_the_models(monkeypatch) -> None:
+    """A 12 MP JPEG for a 28-px model: the detector gets it at 1/4 scale (1008×756), enough
+    for a small hand; without the crop it would be decoded at 1/8 (504×378)."""
+    seen: list[tuple[int, int]] = []
+
+    class Recorder(FakeDetector):
+        def hands(self, img: Image.Image) -> list[hands.Hand]:
+            seen.append(img.size)
+            return [hand(400, 300, 600, 500)]
+
+    monkeypatch.setattr(hands, "detector", lambda: Recorder([]))
+    buf = io.BytesIO()
+    Image.new("RGB", (4032, 3024), (120, 90, 60)).save(buf, format="JPEG", quality=80)
+    out = decode_image(buf.getvalue(), ImageSpec(28, 28, 1, "hand"))
+    assert out.shape == (28, 28, 1)
+    assert seen == [(1008, 756)]
