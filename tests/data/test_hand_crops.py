@@ -135,3 +135,21 @@ def test_evaluation_crops_as_the_model_was_trained(tmp_path: Path) -> None:
     assert data_defaults(tmp_path) == {"image_size": 32, "color_mode": "rgb", "crop_hands": True}
     RunFolder(tmp_path).write_dataset(DatasetInfo("d", "x", ["a", "b"], (28, 28, 1)))
     assert data_defaults(tmp_path)["crop_hands"] is False
+
+
+def test_the_flags_reach_the_config() -> None:
+    import argparse
+
+    from handserve import configs
+    from training.cli import configure_train
+
+    parser = argparse.ArgumentParser()
+    configure_train(parser)
+    args = parser.parse_args(["--dataset", "folder", "--crop-hands", "--no-hand", "skip"])
+    cfg = configs.load(TrainConfig, None, configs.overrides_from_args(args, TrainConfig))
+    assert (cfg.hand_crop, cfg.no_hand) == ("hand", "skip")
+    args = parser.parse_args(["--dataset", "sign_mnist", "--no-crop-hands"])
+    assert (
+        configs.load(TrainConfig, None, configs.overrides_from_args(args, TrainConfig)).hand_crop
+        is None
+    )
