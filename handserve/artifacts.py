@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from handserve import integers
-from handserve.images import ImageSpec, color_mode_for
+from handserve.images import CROPS, ImageSpec, color_mode_for
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ class InputContract:
     dtype: str = "float32"  # the SavedModel / float LiteRT input tensor type
     value_range: tuple[float, float] = (0.0, 255.0)  # raw pixel values, not normalised
     color_mode: str = "grayscale"  # "grayscale" (channels 1) or "rgb" (channels 3)
+    #: "hand": images are cropped to the hand before the resize (handserve.hands, one rule for
+    #: training, serving and apps); None: the whole image. Absent in older manifests: None.
+    crop: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("height", "width", "channels"):
@@ -175,10 +178,12 @@ class InputContract:
             raise ValueError(
                 f"input.color_mode {self.color_mode!r} does not match channels={self.channels}"
             )
+        if self.crop is not None and self.crop not in CROPS:
+            raise ValueError(f"input.crop must be null or one of {list(CROPS)}, got {self.crop!r}")
 
     @property
     def image_spec(self) -> ImageSpec:
-        return ImageSpec(self.height, self.width, self.channels)
+        return ImageSpec(self.height, self.width, self.channels, self.crop)
 
     def accepts(self, shape: tuple[int, ...]) -> bool:
         """Whether a file whose input tensor is ``shape`` (H, W, C) can run this contract's

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from handserve import hands  # NumPy and Pillow only; LiteRT loads with the first detector
+
 #: Extensions the folder loader picks up (lower case, with the dot).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".heic", ".heif")
 
@@ -89,6 +91,10 @@ class ImageDecodeError(ValueError):
         self.message = message
 
 
+#: ``ImageSpec.crop`` values: ``"hand"`` crops the image to its hand first (handserve.hands).
+CROPS = ("hand",)
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     """The size and colour mode a model takes: what every image is converted to."""
@@ -96,6 +102,7 @@ class ImageSpec:
     height: int
     width: int
     channels: int  # 1 (grayscale) or 3 (rgb)
+    crop: str | None = None  # "hand": crop to the hand before the resize (handserve.hands)
 
     @property
     def color_mode(self) -> str:
@@ -291,9 +298,13 @@ def decode_image(
 ) -> np.ndarray:
     """Bytes to model input: the whole shared preprocessing in one call.
 
+    A spec with ``crop="hand"`` crops the image to its hand before the resize, by the one crop
+    rule of :mod:`handserve.hands`; the JPEG is then decoded at the size the detector needs
+    (:data:`handserve.hands.DETECT_SIZE`), not the model's, so a small hand keeps its pixels.
+
     Args:
         data: the encoded image file.
-        spec: the model's native height, width and channels.
+        spec: the model's native height, width and channels, and its crop.
         max_pixels: decompression-bomb cap, see :func:`open_image`.
 
     Returns:
@@ -301,6 +312,18 @@ def decode_image(
 
     Raises:
         ImageDecodeError: the data is empty, not an image, in a refused format, truncated or too
-            large.
+            large; with a hand crop, code ``no_hand`` when no hand was found.
+        handserve.hands.HandModelsMissing: a hand crop without the detector's files installed.
     """
-    return to_array(open_image(data, max_pixels=max_pixels, size=(spec.width, spec.height)), spec)
+    if spec.crop is None:
+        return to_array(
+            open_image(data, max_pixels=max_pixels, size=(spec.width, spec.height)), spec
+        )
+    if spec.crop not in CROPS:
+        raise ValueError(f"unknown crop {spec.crop!r}; known: {', '.join(CROPS)}")
+    size = (max(spec.width, hands.DETECT_SIZE[0]), max(spec.height, hands.DETECT_SIZE[1]))
+    img = open_image(data, max_pixels=max_pixels, size=size)
+    try:
+        return to_array(hands.crop_hand(img), spec)
+    except hands.NoHandError as exc:
+        raise ImageDecodeError(exc.code, str(exc)) from exc

@@ -33,6 +33,10 @@ side_env() {  # side_env VENV PINS WHAT
 }
 side_env .cache/venv-scan requirements/checkov.txt checkov
 side_env .cache/venv-mediapipe requirements/mediapipe.txt mediapipe
+# MediaPipe's hand models (.cache/hand_models), taken out of a hash-pinned wheel: the hand-crop
+# tests and versions whose contract crops the hand need them.
+bash scripts/fetch-hand-models.sh \
+  || echo "install-test-tools: hand models not fetched; the hand-crop tests will skip" >&2
 
 need=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "bad_json": 400,
     "bad_base64": 400,
     "bad_parameter": 422,
+    "no_hand": 422,  # the version's contract crops the hand, and none was found
     "unknown_field": 422,
     "unsupported_media_type": 415,
     "unsupported_format": 415,

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import anyio
 import numpy as np
 
+from handserve.hands import HandModelsMissing
 from handserve.images import ImageDecodeError, decode_image
 from service.errors import ApiError
 from service.registry import LoadedModel
@@ -131,6 +132,8 @@ def decode_all(
                 raise _TooBigForInline from None
             many = (request_images or len(blobs)) > 1
             raise ApiError.from_decode(exc, offset + i if many else None) from None
+        except HandModelsMissing as exc:  # a version that crops hands, on a server without them
+            raise ApiError("model_unavailable", str(exc)) from None
         seconds.append(time.perf_counter() - t0)
     if metrics is not None:  # once all decoded: a retry in a thread must not count twice
         for value in seconds:

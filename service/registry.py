@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from handserve import artifacts
+from handserve import artifacts, hands
 from handserve.artifacts import ArtifactError, Manifest
 from handserve.images import ImageSpec
 from handserve.runtimes import LiteRTRuntime, Runtime, choose_runtime_name, open_runtime
@@ -179,6 +179,10 @@ class ModelRegistry:
         vdir = artifacts.version_dir(root, name, version)
         assert self.runtime_name is not None
         manifest = artifacts.load_verified(vdir, self.runtime_name, self.cfg.litert_file)
+        if manifest.input.crop is not None:
+            # Its contract crops the hand: refuse it now (HandModelsMissing names the fix) rather
+            # than answer every request 503; the models' checksums are checked here too.
+            hands.HandDetector()
         runtime = open_runtime(
             vdir,
             manifest,
@@ -296,6 +300,7 @@ class ModelRegistry:
                         "color_mode": man.input.color_mode,
                         "dtype": man.input.dtype,
                         "value_range": list(man.input.value_range),
+                        "crop": man.input.crop,
                     },
                     "runtime": m.runtime.name,
                     "file": m.runtime.file,

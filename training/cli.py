@@ -30,6 +30,7 @@ DATA_FIELDS = (
     "limit",
     "seed",
     "batch_size",
+    "crop_hands",
 )
 
 

@@ -74,6 +74,20 @@ class TrainConfig(Settings):
     )
     # None: use everything. Small numbers make quick runs and tests.
     limit: int | None = setting(None, "use at most this many training images (quick runs)", ge=2)
+    # A photo of a sign shows a hand, a forearm and a room; the model should read the hand, and
+    # whoever serves it must crop the same way (the manifest's input.crop, handserve.hands).
+    # None: on for sign_mnist (its images are hand crops; the crop rule keeps them whole, and
+    # the contract tells servers and apps to crop real photos), off otherwise.
+    crop_hands: bool | None = setting(
+        None,
+        "crop each image to its hand before training (folder, sign_mnist); "
+        "the exported version's input contract then crops too",
+        shown="on for sign_mnist, off otherwise",
+    )
+    # Keeping a photo whole keeps its label in the data; skipping it keeps the data clean.
+    no_hand: Literal["keep", "skip"] = setting(
+        "keep", "with --crop-hands: photos without a hand found are kept whole or skipped"
+    )
 
     # --- model
     # The DLI course's ASL CNN trains from scratch offline; pretrained backbones need weights.
@@ -190,6 +204,20 @@ class TrainConfig(Settings):
         if self.val_fraction + self.folder_test_fraction >= 1.0:
             raise ValueError("val_fraction + test_fraction must be < 1")
         return self
+
+    @model_validator(mode="after")
+    def _crop_fits_the_data(self) -> TrainConfig:
+        if self.crop_hands and self.dataset not in ("folder", "sign_mnist"):
+            raise ValueError(
+                f"crop_hands is for images of hands (folder, sign_mnist), not {self.dataset}"
+            )
+        return self
+
+    @property
+    def hand_crop(self) -> str | None:
+        """The input contract's crop: ``"hand"`` when images are cropped to the hand, else None."""
+        on = self.dataset == "sign_mnist" if self.crop_hands is None else self.crop_hands
+        return "hand" if on else None
 
     @property
     def folder_test_fraction(self) -> float:

@@ -263,7 +263,9 @@ def _score_folder(
     name = Path(cfg.data_dir).resolve().name
     shape = (cfg.image_size, cfg.image_size, channels_for(cfg.color_mode))
     _check_shape(model_file, tuple(int(v) for v in model.input_shape[1:]), shape, name)
-    split, where, found = load_scoring_split(cfg.data_dir, cfg.image_size, cfg.color_mode, labels)
+    split, where, found = load_scoring_split(
+        cfg.data_dir, cfg.image_size, cfg.color_mode, labels, cfg.hand_crop
+    )
     class_names = labels if labels is not None else found
     n_out = int(model.output_shape[-1])
     if len(class_names) != n_out:

@@ -339,6 +339,8 @@ def _embedded_metadata(
             "zero_point": entry.input_zero_point,
             "resize": "bilinear",
             "alpha": "composite on white",
+            # "hand": crop to the hand first (handserve.hands' rule; docs/mobile.md)
+            "crop": contract.crop,
         },
         "output": {
             "dtype": entry.output_dtype,

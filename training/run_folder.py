@@ -63,10 +63,12 @@ class RunFolderError(ValueError):
     """A run folder file that is missing or does not parse; the message names the file."""
 
 
-def input_contract(shape: tuple[int, int, int] | list[int]) -> InputContract:
+def input_contract(
+    shape: tuple[int, int, int] | list[int], crop: str | None = None
+) -> InputContract:
     """The model's input contract for images of ``(H, W, C)``: the one place it is built."""
     h, w, c = (int(v) for v in shape)
-    return InputContract(height=h, width=w, channels=c, color_mode=color_mode_for(c))
+    return InputContract(height=h, width=w, channels=c, color_mode=color_mode_for(c), crop=crop)
 
 
 def environment() -> dict[str, str]:
@@ -99,6 +101,8 @@ class DatasetInfo:
     input_shape: tuple[int, int, int]
     sizes: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
+    crop: str | None = None  # the input contract's crop ("hand"); None in older runs
+    no_hand: list[str] = field(default_factory=list)  # files with no hand found (--crop-hands)
 
     @property
     def color_mode(self) -> str:
@@ -106,7 +110,7 @@ class DatasetInfo:
 
     @property
     def contract(self) -> InputContract:
-        return input_contract(self.input_shape)
+        return input_contract(self.input_shape, self.crop)
 
     @classmethod
     def of(cls, ds: Any) -> DatasetInfo:
@@ -122,6 +126,8 @@ class DatasetInfo:
                 "test": 0 if ds.test is None else len(ds.test.y),
             },
             skipped=int(ds.skipped),
+            crop=ds.crop,
+            no_hand=list(ds.no_hand),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -141,6 +147,8 @@ class DatasetInfo:
                 input_shape=(h, w, c),
                 sizes=dict(data.get("sizes") or {}),
                 skipped=int(data.get("skipped", 0)),
+                crop=data.get("crop"),
+                no_hand=[str(p) for p in data.get("no_hand") or []],
             )
             saved = data.get("color_mode")
             if saved is not None and saved != info.color_mode:
@@ -286,7 +294,7 @@ def read_finished(run_dir: Path) -> FinishedRun:
 
 
 def data_defaults(folder: Path) -> dict[str, Any]:
-    """``image_size`` and ``color_mode`` a model in ``folder`` was trained at, if it says.
+    """``image_size``, ``color_mode`` and ``crop_hands`` a model in ``folder`` was trained with.
 
     ``folder`` is a run folder (``dataset.json``) or a version folder (``report/dataset.json``);
     folder datasets have no native size, so evaluation defaults to the model's.
@@ -294,5 +302,9 @@ def data_defaults(folder: Path) -> dict[str, Any]:
     for path in (folder / DATASET, folder / artifacts.REPORT_DIR / DATASET):
         if path.is_file():
             info = DatasetInfo.from_json(RunFolder(path.parent).read_json(DATASET), path)
-            return {"image_size": info.input_shape[0], "color_mode": info.color_mode}
+            return {
+                "image_size": info.input_shape[0],
+                "color_mode": info.color_mode,
+                "crop_hands": info.crop == "hand",
+            }
     return {}

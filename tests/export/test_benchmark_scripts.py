@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from handserve import artifacts
@@ -122,3 +123,60 @@ def test_every_benchmark_script_has_a_smoke_test() -> None:
     )
     scripts = sorted(p.name for p in (REPO / "benchmarks").glob("*.py"))
     assert [s for s in scripts if f'"{s}"' not in tested] == []
+
+
+@pytest.fixture(scope="module")
+def source_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``<LABEL>/<source>_<n>.png`` as in ../shared/data/asl_photos: labels 0-2 (the tiny
+    model's), two sources, noise photos (no hand in them)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos") / "signs"
+    rng = np.random.default_rng(0)
+    for label in "012":
+        (root / label).mkdir(parents=True)
+        for source in ("alpha", "beta"):
+            for n in (1, 2, 3):
+                pixels = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / label / f"{source}_{n}.png")
+    return root
+
+
+def test_hand_crops_detects_classifies_and_holds_each_source_out(
+    source_photos: Path, tiny_export: Path, tmp_path: Path
+) -> None:
+    from handserve import hands
+
+    if not hands.models_available():
+        pytest.skip("MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)")
+    photos = ("--photos", str(source_photos))
+    done = run_benchmark("hand_crops.py", "detect", *photos)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| alpha | 9 | 0 (0.0%) |" in done.stdout and "| all | 18 |" in done.stdout
+
+    models = tiny_export.parent.parent
+    done = run_benchmark(
+        "hand_crops.py", "classify", *photos, "--models-dir", str(models), "--model", "tiny"
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| beta | 9 |")]
+    assert len(rows) == 1 and rows[0].endswith("| 0/9 (0.0%) | 0/9 (0.0%) |"), done.stdout
+
+    done = run_benchmark("hand_crops.py", "landmarks", *photos)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| alpha | 9 |" in done.stdout and "| mean over sources |" in done.stdout
+
+    settings = {"backbone": "cnn", "weights": "none", "image_size": 28, "epochs": 1}
+    done = run_benchmark(
+        "hand_crops.py",
+        "loso",
+        *photos,
+        "--settings",
+        json.dumps(settings),
+        "--work-dir",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    held = [line.split("|")[1].strip() for line in done.stdout.splitlines() if "| 9 |" in line]
+    assert held == ["alpha", "beta"], done.stdout
+    assert "| mean over sources |" in done.stdout

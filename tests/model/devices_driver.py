@@ -57,7 +57,7 @@ def main(out: Path) -> int:
     distributed = model.predict(batches, verbose=0)
 
     # Phase 2 under the strategy: recompile, EMA swapped in, a checkpoint written.
-    cfg2 = TrainConfig(**{**cfg.__dict__, "ema": 0.9, "run_name": "phase2"})
+    cfg2 = TrainConfig(**{**cfg.model_dump(), "ema": 0.9, "run_name": "phase2"})
     dataset = load_dataset(cfg2)
     inputs = fitting.fit_inputs(cfg2, dataset)
     with strategy.scope():

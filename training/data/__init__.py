@@ -19,6 +19,7 @@ training time is spent.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from training.config import TrainConfig
@@ -61,4 +62,9 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     source = SOURCES.get(cfg.dataset)
     if source is None:
         raise DataError(f"unknown dataset {cfg.dataset!r}: use one of {', '.join(SOURCES)}")
-    return source(cfg)
+    dataset = source(cfg)
+    if dataset.crop != cfg.hand_crop:
+        # Sign MNIST's images are already hand crops (the rule keeps 28x28 images whole): the
+        # crop is only the contract's, telling servers and apps to crop real photos.
+        dataset = dataclasses.replace(dataset, crop=cfg.hand_crop)
+    return dataset

@@ -63,6 +63,11 @@ class Dataset:
     skipped: int = 0
     #: where the test split came from (an official file, a test/ folder, a held-out share)
     test_origin: str = ""
+    #: the input contract's crop (``"hand"``: images were cropped to the hand, and so must be
+    #: every image the model is given; handserve.hands)
+    crop: str | None = None
+    #: files in which no hand was found (with ``crop``): kept whole or skipped, as asked
+    no_hand: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -6,6 +6,7 @@ photo becomes the same model input in training and in serving.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,8 @@ def from_config(cfg: TrainConfig) -> Dataset:
         test_fraction=cfg.folder_test_fraction,
         seed=cfg.seed,
         limit=cfg.limit,
+        crop=cfg.hand_crop,
+        no_hand=cfg.no_hand,
     )
 
 
@@ -72,6 +75,8 @@ def load_folder(
     test_fraction: float = 0.0,
     seed: int = 42,
     limit: int | None = None,
+    crop: str | None = None,
+    no_hand: str = "keep",
 ) -> Dataset:
     """Images in ``ROOT/<class>/``, or ``ROOT/{train,valid,test}/<class>/``.
 
@@ -85,13 +90,21 @@ def load_folder(
         root: the dataset folder; its name becomes the dataset name.
         image_size: images are resized to ``image_size`` x ``image_size``.
         color_mode: ``"rgb"`` or ``"grayscale"``.
+        crop: ``"hand"`` crops every image to its hand first (``--crop-hands``,
+            :mod:`handserve.hands`), as a server of the model will.
+        no_hand: with ``crop``, what becomes of an image without a hand found: ``"keep"`` it
+            whole or ``"skip"`` it. Either way it is logged and listed in ``Dataset.no_hand``.
     """
+    if no_hand not in ("keep", "skip"):
+        raise DataError(f"no_hand must be 'keep' or 'skip', got {no_hand!r}")
     if color_mode not in ("rgb", "grayscale"):
         raise DataError(f"color_mode must be 'rgb' or 'grayscale', got {color_mode!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist (check --data-dir)")
-    spec = ImageSpec(image_size, image_size, channels_for(color_mode))
+    spec = ImageSpec(image_size, image_size, channels_for(color_mode), crop)
+    if crop is not None:
+        _check_hand_models()
 
     layout = _Layout.of(root)
     class_names = layout.class_names
@@ -103,12 +116,24 @@ def load_folder(
         keep, held = splits.hold_out(pool.y, val_fraction, seed, splits.SALT_VAL)
         pool, val_files = pool.take(keep), pool.take(held)
 
-    train, n_train = _decode_all(pool, spec)
-    val, n_val = _decode_all(val_files, spec)
-    test, n_test = _decode_all(test_files, spec) if test_files is not None else (None, 0)
+    handless: list[str] = []
+    train, n_train = _decode_all(pool, spec, no_hand, handless)
+    val, n_val = _decode_all(val_files, spec, no_hand, handless)
+    test, n_test = (
+        _decode_all(test_files, spec, no_hand, handless) if test_files is not None else (None, 0)
+    )
     skipped = n_train + n_val + n_test
-    if skipped:
-        log.warning("skipped %d corrupt images in %s", skipped, root)
+    corrupt = skipped - (len(handless) if no_hand == "skip" else 0)
+    if corrupt:
+        log.warning("skipped %d corrupt images in %s", corrupt, root)
+    if handless:
+        log.warning(
+            "no hand found in %d of the images in %s (%s): %s",
+            len(handless),
+            root,
+            "skipped" if no_hand == "skip" else "kept whole",
+            ", ".join(handless),
+        )
     dataset = Dataset(
         name=root.resolve().name,
         class_names=class_names,
@@ -118,6 +143,8 @@ def load_folder(
         source=str(root),
         skipped=skipped,
         test_origin=test_origin,
+        crop=crop,
+        no_hand=tuple(handless),
     )
     check_two_classes(train.y, str(layout.train))
     log_summary(dataset, layout.description)
@@ -142,6 +169,7 @@ def load_scoring_split(
     image_size: int,
     color_mode: str,
     class_names: list[str] | None,
+    crop: str | None = None,
 ) -> tuple[Split, str, list[str]]:
     """Every image of ``ROOT/test/`` if it exists, else of ``ROOT``'s class folders, to score.
 
@@ -171,10 +199,15 @@ def load_scoring_split(
         )
     files = _list_images(folder, found)
     files = _Files(files.paths, np.asarray([names.index(found[i]) for i in files.y], np.int64))
-    spec = ImageSpec(image_size, image_size, channels_for(color_mode))
-    split, skipped = _decode_all(files, spec)
+    spec = ImageSpec(image_size, image_size, channels_for(color_mode), crop)
+    if crop is not None:
+        _check_hand_models()
+    handless: list[str] = []
+    split, skipped = _decode_all(files, spec, "keep", handless)
     if skipped:
         log.warning("skipped %d corrupt images in %s", skipped, folder)
+    if handless:
+        log.warning("no hand found in %d images, kept whole: %s", len(handless), handless)
     return split, str(folder), found
 
 
@@ -253,29 +286,58 @@ def _list_images(folder: Path, class_names: list[str]) -> _Files:
     return _Files(paths, np.asarray(labels, dtype=np.int64))
 
 
-def _decode_all(files: _Files, spec: ImageSpec) -> tuple[Split, int]:
-    """Decode in threads (Pillow releases the GIL while decoding); corrupt files become None."""
+def _check_hand_models() -> None:
+    """Fail before decoding anything when the hand detector's files are not installed."""
+    from handserve import hands
+
+    if not hands.models_available():
+        raise DataError(
+            f"cropping hands needs MediaPipe's hand models in {hands.models_source()}: run "
+            f"scripts/fetch-hand-models.sh (make hand-models), or set {hands.MODELS_ENV}"
+        )
+
+
+def _decode_all(
+    files: _Files, spec: ImageSpec, no_hand: str = "keep", handless: list[str] | None = None
+) -> tuple[Split, int]:
+    """Decode in threads (Pillow releases the GIL while decoding); unusable files become None.
+
+    With a hand crop, a file without a hand is appended to ``handless`` and decoded whole
+    (``no_hand="keep"``) or becomes None (``"skip"``).
+    """
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(lambda p: _decode_file(p, spec), files.paths))
+        results = list(pool.map(lambda p: _decode_file(p, spec, no_hand), files.paths))
+    arrays = [a for a, _ in results]
+    if handless is not None:
+        handless.extend(
+            str(p) for p, (_, found) in zip(files.paths, results, strict=True) if not found
+        )
     ok = np.asarray([a is not None for a in arrays], dtype=bool)
     for index in np.unique(files.y):
         in_class = files.y == index
         if not ok[in_class].any():
             folder = files.paths[int(np.flatnonzero(in_class)[0])].parent
-            raise DataError(f"class folder {folder} has no readable images (all corrupt)")
+            raise DataError(
+                f"class folder {folder} has no readable images (all corrupt, or no hand found)"
+            )
     good = [a for a in arrays if a is not None]
     x = np.stack(good) if good else np.zeros((0, spec.height, spec.width, spec.channels), np.uint8)
     return Split(x, files.y[ok]), int((~ok).sum())
 
 
-def _decode_file(path: Path, spec: ImageSpec) -> np.ndarray | None:
+def _decode_file(path: Path, spec: ImageSpec, no_hand: str) -> tuple[np.ndarray | None, bool]:
+    """The image as model input (None: unusable), and False when no hand was found in it."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {one_line(exc)}") from exc
     try:
-        return decode_image(data, spec)
+        return decode_image(data, spec), True
     except ImageDecodeError as exc:
+        if exc.code == "no_hand":
+            if no_hand == "skip":
+                return None, False
+            return decode_image(data, dataclasses.replace(spec, crop=None)), False
         log.warning("skipping corrupt image %s: %s", path, exc.message)
-        return None
+        return None, True
