@@ -1,8 +1,8 @@
 """Build handserve's container images with podman, on a base made from Debian's packages when no
 registry base image can be pulled.
 
-    python k8s/image.py bento --base debian --tag localhost/handserve:dev   # make image BASE=debian
-    python k8s/image.py bento --tag localhost/handserve:dev                 # BentoML's default base
+    python k8s/image.py bento --base debian    # make image BASE=debian: localhost/handserve:VERSION
+    python k8s/image.py bento --repository registry.example.com/handserve  # BentoML's default base
     python k8s/image.py tools --base debian --tag localhost/handserve-tools:dev
     python k8s/image.py base                       # only the Debian base (cached in .cache/podman)
 
@@ -204,7 +204,9 @@ def containerize(bento_tag: str, image: str, env: Mapping[str, str]) -> str:
 
 def build_tools(image: str, env: Mapping[str, str], base: str, requirements: str) -> str:
     """The tools image (k8s/training/Dockerfile: training, export, load test) on ``base``."""
-    argv = ["podman", "build", "-f", "k8s/training/Dockerfile", "--build-arg", f"BASE={base}"]
+    dockerfile = "k8s/training/Dockerfile"
+    argv = ["podman", "build", "-f", dockerfile, "--ignorefile", f"{dockerfile}.dockerignore"]
+    argv += ["--build-arg", f"BASE={base}"]
     argv += ["--build-arg", f"REQUIREMENTS={requirements}"]
     argv += [f"--{o}" for o in build_options()]
     run([*argv, "-t", image, "."], env, cwd=REPO)
@@ -222,15 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("base", help="only the Debian base image")
     for name in ("bento", "tools"):
         p = sub.add_parser(name)
-        p.add_argument("--tag", required=True, help="the image reference to build")
         p.add_argument(
             "--base",
             choices=("default", "debian"),
             default="default",
             help="default: python:3.11-slim from Docker Hub; debian: made with mmdebstrap",
         )
-    sub.choices["bento"].add_argument("--bentofile", default="bentofile.yaml")
-    sub.choices["tools"].add_argument("--requirements", default="requirements/tools.txt")
+    bento = sub.choices["bento"]
+    bento.add_argument("--bentofile", default="bentofile.yaml")
+    bento.add_argument(
+        "--repository",
+        help="the image is REPOSITORY:BENTO_VERSION (default: localhost/BENTO_NAME), a new, "
+        "immutable tag per build",
+    )
+    tools = sub.choices["tools"]
+    tools.add_argument("--tag", required=True, help="the image reference to build")
+    tools.add_argument("--requirements", default="requirements/tools.txt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = engine_env()
@@ -241,13 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         base = build_base(env) if args.base == "debian" else None
         if args.what == "bento":
             bento = build_bento(REPO / args.bentofile, REPO, env, base)
-            image = containerize(bento, args.tag, env)
+            name, _, version = bento.partition(":")
+            image = containerize(bento, f"{args.repository or 'localhost/' + name}:{version}", env)
         else:
             image = build_tools(args.tag, env, base or "python:3.11-slim", args.requirements)
     except ImageError as exc:
         log.error("%s", exc)
         return 1
-    sys.stdout.write(f"{image} {image_size(image, env) / 1e6:.0f} MB\n")
+    log.info("built %s: %.0f MB", image, image_size(image, env) / 1e6)
+    sys.stdout.write(image + "\n")  # the one line on stdout: `make release-podman` reads it
     return 0
 
 
