@@ -23,6 +23,7 @@ the Job kind itself (podman 4.3 plays Pods and Deployments, not Jobs).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -311,8 +312,8 @@ def _started_at(env: dict[str, str]) -> str:
     return out.strip()
 
 
-def _wait_served(url: str, version: int, gone: Any, logs: Any) -> None:
-    """Poll /models until the default model is ``version`` (the reload interval is 10 s)."""
+def _wait_served(url: str, version: int, gone: Any, logs: Any, model: str = "tiny") -> None:
+    """Poll /models until ``model`` ``version`` is served (the reload interval is 10 s)."""
     import time
 
     deadline = time.monotonic() + 120
@@ -320,7 +321,121 @@ def _wait_served(url: str, version: int, gone: Any, logs: Any) -> None:
         if (reason := gone()) is not None:
             raise AssertionError(f"the server {reason}:\n{logs()[-4000:]}")
         body = requests.get(url + "/models", timeout=10).json()
-        if any(m.get("version") == version for m in body["models"]):
+        if any((m.get("name"), m.get("version")) == (model, version) for m in body["models"]):
             return
         time.sleep(1)
     raise AssertionError(f"version {version} not served after 120 s:\n{logs()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def tools_image(release: Release, engine: dict[str, str]) -> Iterator[str]:
+    """The tools image (k8s/training/Dockerfile) on the Debian base, pinned in the project's
+    k8s/release with ``make k8s-pin`` as k8s/README.md does it."""
+    tag = f"t{release.version}"
+    ref = pm.image.build_tools(
+        f"localhost/handserve-tools:{tag}",
+        engine,
+        pm.image.build_base(engine),
+        "requirements/tools.txt",
+    )
+    out = subprocess.run(
+        [
+            *("make", "-s", "k8s-pin", "IMAGE=handserve-tools", f"TAG={tag}", "REGISTRY=localhost"),
+            f"BIN={Path(sys.executable).parent}",
+        ],
+        cwd=release.project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    try:
+        yield ref
+    finally:
+        pm.podman("rmi", "--force", ref, env=engine, check=False)
+
+
+def _training_pod(release: Release, data: Path, models: Path) -> list[dict[str, Any]]:
+    """k8s/training's Job as rendered, its pod template as a Pod (podman 4.3 plays no Jobs),
+    with its ConfigMap, the data and models claims as host folders."""
+    resources = kustomize(release.project / "k8s" / "training")
+    job = one(resources, "Job")
+    spec = job["spec"]["template"]["spec"]
+    claims = {"handserve-data": data, "handserve-models": models}
+    for volume in spec["volumes"]:
+        if "persistentVolumeClaim" in volume:
+            claim = volume.pop("persistentVolumeClaim")["claimName"]
+            volume["hostPath"] = {"path": str(claims[claim]), "type": "Directory"}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": job["metadata"]["name"], "labels": job["metadata"]["labels"]},
+        "spec": spec,
+    }
+    return [one(resources, "ConfigMap"), pod]
+
+
+def _wait_exit(pod: str, env: dict[str, str], logs: Any, timeout: float = 900) -> int:
+    """Wait for the pod's container to finish (a hang guard, not a speed check); its exit code."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = pm.podman("ps", "-a", "--filter", f"pod={pod}", "--format", "json", env=env)
+        done = [c for c in json.loads(out or "[]") if not c["IsInfra"] and c["State"] == "exited"]
+        if done:
+            return int(done[0]["ExitCode"])
+        time.sleep(2)
+    raise AssertionError(f"{pod} still running after {timeout}s:\n{logs()[-4000:]}")
+
+
+@needs_kubectl
+def test_the_training_job_exports_into_the_volume_the_running_server_serves(
+    release: Release, tools_image: str, engine: dict[str, str], tmp_path: Path
+) -> None:
+    """k8s/training's pod template trains on a small data set in a host folder and exports to
+    the models folder that a running overlays/models-volume pod serves: the new model is
+    served without a restart."""
+    import numpy as np
+
+    data, models = pm.readable_dir("handserve-data-"), pm.readable_dir("handserve-models-")
+    try:
+        rng = np.random.default_rng(0)
+        (data / "mnist").mkdir()
+        np.savez(
+            data / "mnist" / "mnist.npz",
+            x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+            y_train=(np.arange(200) % 10).astype(np.uint8),
+            x_test=rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+            y_test=(np.arange(50) % 10).astype(np.uint8),
+        )
+        pm.make_readable(data)
+        copy_version(release.models / "tiny" / "1", models, "tiny", 1)
+        pm.make_readable(models)
+        os.chown(models, UID, UID)  # what fsGroup gives the Job's group on a cluster's volume
+        serving, port = _playable(release, "overlays/models-volume", models)
+        path, _ = pm.readiness(serving[0]["spec"]["template"]["spec"]["containers"][0])
+        url = f"http://127.0.0.1:{port}"
+        (tmp_path / "serve").mkdir()
+        (tmp_path / "train").mkdir()
+        with pm.kube_play(serving, tmp_path / "serve", engine) as logs:
+            gone = lambda: _pod_gone("handserve", engine)  # noqa: E731
+            pm.wait_http(url + path, gone, timeout=240, logs=logs)
+            started = _started_at(engine)
+            training = _training_pod(release, data, models)
+            with pm.kube_play(training, tmp_path / "train", engine) as train_logs:
+                assert _wait_exit("handserve-train", engine, train_logs) == 0, train_logs()
+            exported = models / "mnist" / "1"
+            assert (exported / "manifest.json").is_file()
+            _wait_served(url, 1, gone, logs, model="mnist")
+            image = digit_png(7)
+            r = requests.post(url + "/predict?model=mnist", files={"image": image}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert (r.json()["model"], r.json()["version"]) == ("mnist", 1)
+            index, score = _predict_locally(exported, image)
+            assert r.json()["predictions"][0]["index"] == index
+            assert r.json()["predictions"][0]["score"] == pytest.approx(score, abs=1e-5)
+            assert _started_at(engine) == started
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(models, ignore_errors=True)
