@@ -112,18 +112,21 @@ def _uv() -> Path:
     return Path(found).resolve()
 
 
+def _key(*parts: str) -> str:
+    """``SUITE-<hash>`` of what goes into the base and the locked uv's version."""
+    uv_version = run([str(_uv()), "--version"]).split()[1]
+    text = "|".join([SUITE, *BASE_PACKAGES, *DPKG_EXCLUDES, *parts, uv_version])
+    return f"{SUITE}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
 def base_ref() -> str:
     """The Debian base's name, whose tag changes with anything that goes into it."""
-    uv_version = run([str(_uv()), "--version"]).split()[1]
-    key = "|".join([SUITE, *BASE_PACKAGES, *DPKG_EXCLUDES, *BASE_ENV, uv_version])
-    return f"{BASE_REPO}:{SUITE}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return f"{BASE_REPO}:{_key(*BASE_ENV)}"
 
 
 def _tarball_key() -> str:
     """The root filesystem's cache key: what mmdebstrap puts in (not the image's ENV)."""
-    uv_version = run([str(_uv()), "--version"]).split()[1]
-    key = "|".join([SUITE, *BASE_PACKAGES, *DPKG_EXCLUDES, uv_version])
-    return f"{SUITE}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return _key()
 
 
 def build_base(env: Mapping[str, str]) -> str:
