@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,19 +191,24 @@ def test_the_pulled_image_serves_as_non_root_with_a_read_only_root(
         proc.wait(60)
 
 
-@needs_kubectl
-def test_make_k8s_pin_writes_the_released_tag(release: Release, registry: str) -> None:
+def _make_pin(project: Path, image: str, registry: str, tag: str) -> None:
+    """``make k8s-pin`` in the project copy, as k8s/README.md runs it."""
     out = subprocess.run(
         [
-            *("make", "-s", "k8s-pin", "IMAGE=handserve", f"TAG={release.version}"),
-            *(f"REGISTRY={registry}", f"BIN={Path(sys.executable).parent}"),
+            *("make", "-s", "k8s-pin", f"IMAGE={image}", f"TAG={tag}", f"REGISTRY={registry}"),
+            f"BIN={Path(sys.executable).parent}",
         ],
-        cwd=release.project,
+        cwd=project,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
+
+
+@needs_kubectl
+def test_make_k8s_pin_writes_the_released_tag(release: Release, registry: str) -> None:
+    _make_pin(release.project, "handserve", registry, release.version)
     pins = yaml.safe_load((release.project / "k8s/release/kustomization.yaml").read_text())
     (entry,) = [e for e in pins["images"] if e["name"] == "handserve"]
     assert f"{entry['newName']}:{entry['newTag']}" == release.ref
@@ -215,19 +221,21 @@ def _deployment(release: Release, overlay: str) -> dict[str, Any]:
 
 
 def _playable(
-    release: Release, overlay: str, models_dir: Path | None = None
+    release: Release, overlay: str, models_dir: Path | None = None, ref: str | None = None
 ) -> tuple[list[dict[str, Any]], int]:
     """The overlay as rendered from the pinned k8s/ copy, with what podman cannot take
-    replaced (module docstring); its Deployment only, and the port it will listen on."""
+    replaced (module docstring); its Deployment only, and the port it will listen on. The
+    image must be ``ref`` (default: the release's)."""
+    ref = ref or release.ref
     pins = yaml.safe_load((release.project / "k8s/release/kustomization.yaml").read_text())
-    if not any(e.get("newTag") == release.version for e in pins["images"]):
-        pytest.skip("needs the pin that test_make_k8s_pin_writes_the_released_tag writes")
+    if not any(f"{e['newName']}:{e.get('newTag')}" == ref for e in pins["images"]):
+        pytest.skip(f"needs {ref} pinned (test_make_k8s_pin_writes_the_released_tag pins it)")
     resources = kustomize(release.project / "k8s" / overlay)
     assert {r["kind"] for r in resources} - {"Deployment"} <= OFFLINE_KINDS
     deployment = one(resources, "Deployment")
     spec = deployment["spec"]["template"]["spec"]
     (container,) = spec["containers"]
-    assert container["image"] == release.ref
+    assert container["image"] == ref
     port = free_port()
     (http,) = [p for p in container["ports"] if p["name"] == "http"]
     http["containerPort"] = port
@@ -294,11 +302,13 @@ def test_the_models_volume_overlay_serves_a_new_version_without_restart(
             pm.wait_http(url + path, gone, timeout=240, logs=logs)
             _assert_predicts(url, models / "tiny" / "1", 1)
             started = _started_at(engine)
-            staging = models / "tiny" / ".staging-copy"
-            copy_version(tiny_export, staging.parent / ".staging-root", "tiny", 2)
-            (staging.parent / ".staging-root" / "tiny" / "2").rename(models / "tiny" / "2")
-            shutil.rmtree(staging.parent / ".staging-root")
-            pm.make_readable(models)
+            # Staged in a hidden folder of the volume (the server skips those), then renamed
+            # into place: the way training/export.py publishes a version.
+            staging = models / "tiny" / ".staging-2"
+            copy_version(tiny_export, staging, "tiny", 2)
+            pm.make_readable(staging)
+            (staging / "tiny" / "2").rename(models / "tiny" / "2")
+            shutil.rmtree(staging)
             _wait_served(url, 2, gone, logs)
             _assert_predicts(url, models / "tiny" / "2", 2)
             assert _started_at(engine) == started  # the same process: no restart
@@ -314,8 +324,6 @@ def _started_at(env: dict[str, str]) -> str:
 
 def _wait_served(url: str, version: int, gone: Any, logs: Any, model: str = "tiny") -> None:
     """Poll /models until ``model`` ``version`` is served (the reload interval is 10 s)."""
-    import time
-
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if (reason := gone()) is not None:
@@ -338,17 +346,7 @@ def tools_image(release: Release, engine: dict[str, str]) -> Iterator[str]:
         pm.image.build_base(engine),
         "requirements/tools.txt",
     )
-    out = subprocess.run(
-        [
-            *("make", "-s", "k8s-pin", "IMAGE=handserve-tools", f"TAG={tag}", "REGISTRY=localhost"),
-            f"BIN={Path(sys.executable).parent}",
-        ],
-        cwd=release.project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    _make_pin(release.project, "handserve-tools", "localhost", tag)
     try:
         yield ref
     finally:
@@ -377,8 +375,6 @@ def _training_pod(release: Release, data: Path, models: Path) -> list[dict[str, 
 
 def _wait_exit(pod: str, env: dict[str, str], logs: Any, timeout: float = 900) -> int:
     """Wait for the pod's container to finish (a hang guard, not a speed check); its exit code."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         out = pm.podman("ps", "-a", "--filter", f"pod={pod}", "--format", "json", env=env)
@@ -439,3 +435,36 @@ def test_the_training_job_exports_into_the_volume_the_running_server_serves(
     finally:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(models, ignore_errors=True)
+
+
+@needs_kubectl
+def test_a_rollback_re_pins_the_previous_tag_and_runs_it(
+    release: Release, registry: str, engine: dict[str, str], tmp_path: Path
+) -> None:
+    """k8s/README.md step 5 with podman: a second release (a new Bento carrying version 2 of
+    the model) is pinned and its pod serves version 2; re-pinning the first tag (the rollback)
+    runs the first image again, which serves version 1."""
+    project = tmp_path / "project"
+    shutil.copytree(release.project, project)
+    copy_version(release.models / "tiny" / "1", project / "models", "tiny", 2)
+    env = dict(engine, BENTOML_HOME=str(tmp_path / "bentoml"), BENTOML_DO_NOT_TRACK="true")
+    bento = pm.image.build_bento(project / "bentofile.yaml", project, env, pm.image.build_base(env))
+    second = f"{registry}/handserve:{bento.partition(':')[2]}"
+    assert second != release.ref  # a new, immutable tag per build
+    pm.image.containerize(bento, second, env)
+    pm.podman("push", "--tls-verify=false", second, env=env)
+    try:
+        for tag, ref, version in [
+            (second.rpartition(":")[2], second, 2),
+            (release.version, release.ref, 1),  # the rollback
+        ]:
+            _make_pin(release.project, "handserve", registry, tag)
+            resources, port = _playable(release, "overlays/cpu", ref=ref)
+            (tmp_path / tag).mkdir()
+            with pm.kube_play(resources, tmp_path / tag, engine) as logs:
+                url = f"http://127.0.0.1:{port}"
+                gone = lambda: _pod_gone("handserve", engine)  # noqa: E731
+                pm.wait_http(url + "/readyz", gone, timeout=240, logs=logs)
+                _assert_predicts(url, release.models / "tiny" / "1", version)
+    finally:
+        pm.podman("rmi", "--force", second, env=env, check=False)
