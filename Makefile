@@ -93,7 +93,44 @@ IMAGE ?= handserve
 BENTOFILE ?= bentofile.yaml
 K8S_RELEASE ?= k8s/release/kustomization.yaml
 
-.PHONY: k8s-pin release
+.PHONY: k8s-pin release release-podman image image-gpu image-tools
+
+# ---- Container images with podman (k8s/image.py; k8s/README.md, "Images with podman").
+## BASE=default: BentoML's default base (python:3.11-slim from Docker Hub) and Dockerfile.
+## BASE=debian: a base made from Debian's packages by mmdebstrap (cached in .cache/podman), for
+## machines that reach Debian's archive and the package index but no container registry; its
+## Dockerfile installs no system packages (BentoML's default adds build-essential, git, gnupg2).
+BASE ?= default
+## podman reads k8s/podman/containers.conf (runc, cgroupfs, ulimits: what Debian bookworm's
+## podman 4.3 needs as root) unless CONTAINERS_CONF names your own.
+TOOLS_TAG ?= dev
+
+## image: check models/, build the CPU Bento and its image REGISTRY/IMAGE:<Bento version> with
+## bentoml containerize on podman (HANDSERVE_ALLOW_EMPTY_BENTO=1: an image for a models volume)
+image: venv
+	$(BIN)/python -m service.bento_guard -f $(BENTOFILE)
+	$(BIN)/python k8s/image.py bento --bentofile $(BENTOFILE) --base $(BASE) \
+	  --repository $(REGISTRY)/$(IMAGE)
+
+## release-podman: make release with podman: make image, podman push, pin the Bento's tag
+## (PUSH_FLAGS=--tls-verify=false for a registry without TLS)
+PUSH_FLAGS ?=
+release-podman: venv
+	$(BIN)/python -m service.bento_guard -f $(BENTOFILE)
+	ref=$$($(BIN)/python k8s/image.py bento --bentofile $(BENTOFILE) --base $(BASE) \
+	  --repository $(REGISTRY)/$(IMAGE)) && test -n "$$ref" \
+	  && podman push $(PUSH_FLAGS) "$$ref" \
+	  && $(BIN)/python k8s/pin_image.py --file $(K8S_RELEASE) $(IMAGE) "$$ref"
+
+## image-gpu: the same for bentofile-gpu.yaml (TensorFlow with its CUDA wheels, several GB):
+## opt-in, not part of the tests
+image-gpu:
+	$(MAKE) --no-print-directory image BENTOFILE=bentofile-gpu.yaml IMAGE=handserve-gpu
+
+## image-tools: the tools image (k8s/training/Dockerfile: the training and load-test Jobs)
+image-tools: venv
+	$(BIN)/python k8s/image.py tools --base $(BASE) \
+	  --tag $(REGISTRY)/handserve-tools:$(TOOLS_TAG)
 
 ## k8s-pin: pin IMAGE (handserve, handserve-gpu, handserve-tools) to REGISTRY/IMAGE:TAG in k8s/release
 k8s-pin:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the project's Python packages: Debian's Chromium (the
-# demo page test), Prometheus (a real scrape of /metrics) and kubectl (its built-in kustomize
-# renders k8s/ for the manifest tests), and, each in a virtualenv of its own with the versions of
+# demo page test), Prometheus (a real scrape of /metrics), kubectl (its built-in kustomize
+# renders k8s/ for the manifest tests), podman with runc and catatonit (its pods' pause process),
+# mmdebstrap (the Debian base image) and docker-registry (a local registry) for the release tests
+# (tests/k8s/test_release_podman.py), and, each in a virtualenv of its own with the versions of
 # its requirements/*.txt, checkov (.cache/venv-scan, the policy scan of k8s/) and MediaPipe
 # (.cache/venv-mediapipe, the on-device task library for the mobile test): their pins clash with
 # .venv's. Best effort: where it cannot install (not root, no apt-get, no package index), the
@@ -42,6 +44,9 @@ need=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need+=(kubectl)
+for tool in podman runc catatonit mmdebstrap docker-registry; do
+  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "install-test-tools: no apt-get; tests needing ${need[*]} will skip" >&2; exit 0
