@@ -118,13 +118,15 @@ def release(
     ref = f"{registry}/handserve:{version}"
     pm.image.containerize(bento, ref, env)
     pm.podman("push", "--tls-verify=false", ref, env=env)
-    pm.podman("rmi", ref, env=env)
+    # --no-prune: the build's intermediate images stay, as the layer cache of the next run
+    # (.cache/podman); the image itself is gone and must come back from the registry.
+    pm.podman("rmi", "--no-prune", ref, env=env)
     assert not pm.image.image_exists(ref, env)
     pm.podman("pull", "--tls-verify=false", ref, env=env)
     try:
         yield Release(ref, version, project, project / "models")
     finally:
-        pm.podman("rmi", "--force", ref, env=env, check=False)
+        pm.podman("rmi", "--force", "--no-prune", ref, env=env, check=False)
 
 
 def _predict_locally(version_dir: Path, image: bytes) -> tuple[int, float]:
@@ -350,7 +352,7 @@ def tools_image(release: Release, engine: dict[str, str]) -> Iterator[str]:
     try:
         yield ref
     finally:
-        pm.podman("rmi", "--force", ref, env=engine, check=False)
+        pm.podman("rmi", "--force", "--no-prune", ref, env=engine, check=False)
 
 
 def _training_pod(release: Release, data: Path, models: Path) -> list[dict[str, Any]]:
@@ -467,4 +469,4 @@ def test_a_rollback_re_pins_the_previous_tag_and_runs_it(
                 pm.wait_http(url + "/readyz", gone, timeout=240, logs=logs)
                 _assert_predicts(url, release.models / "tiny" / "1", version)
     finally:
-        pm.podman("rmi", "--force", second, env=env, check=False)
+        pm.podman("rmi", "--force", "--no-prune", second, env=env, check=False)
