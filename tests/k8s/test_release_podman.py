@@ -2,13 +2,15 @@
 the Deployment's pod spec run by ``podman kube play``; a new version in the models volume served
 without a restart.
 
-Run: ``pytest tests/k8s/test_release_podman.py``. What runs: the CPU Bento's image, built by
-``bentoml containerize --backend podman`` on the Debian base (k8s/image.py); pushed to Debian's
-``docker-registry`` on 127.0.0.1; removed and pulled back by its pinned tag; started as uid 10001
+Run: ``pytest tests/k8s/test_release_podman.py``. What runs: ``make release-podman BASE=debian``
+(k8s/README.md) in a copy of the project: the CPU Bento's image built by ``bentoml containerize
+--backend podman`` on the Debian base (k8s/image.py), pushed to Debian's ``docker-registry`` on
+127.0.0.1 and pinned; the image removed and pulled back by its pinned tag; started as uid 10001
 with a read-only root, all capabilities dropped; ``make k8s-pin`` writing that tag; the rendered
 ``overlays/cpu`` and ``overlays/models-volume`` Deployments under ``podman kube play`` (their
 pod spec as rendered: user, security context, read-only root, emptyDir at /tmp, environment,
-resources, the models volume mounted read-only).
+resources, the models volume mounted read-only); the tools image and the training Job's pod
+template; a rollback (k8s/README.md step 5) by re-pinning the previous tag.
 
 Changed before playing, because podman is not a cluster: the image reference points at the local
 registry's pull (k8s/release pinned by ``make k8s-pin``, as a release does), the
@@ -107,17 +109,24 @@ def release(
     tiny_export: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
-    """Build -> push -> remove the local copy -> pull by the pinned tag: the release path of
-    k8s/README.md with podman and a local registry."""
+    """Build -> push -> pin (``make release-podman BASE=debian``, k8s/README.md's command, in a
+    copy of the project) -> remove the local copy -> pull by the pinned tag."""
     root = tmp_path_factory.mktemp("release")
     project = _project(root, tiny_export)
     env = dict(engine, BENTOML_HOME=str(root / "bentoml"), BENTOML_DO_NOT_TRACK="true")
-    base = pm.image.build_base(env)
-    bento = pm.image.build_bento(project / "bentofile.yaml", project, env, base)
-    version = bento.partition(":")[2]
-    ref = f"{registry}/handserve:{version}"
-    pm.image.containerize(bento, ref, env)
-    pm.podman("push", "--tls-verify=false", ref, env=env)
+    pm.image.build_base(env)  # from this checkout's .cache/podman tarball, not the copy's
+    out = subprocess.run(
+        # -o venv: the copy has no lock to sync; BIN is this checkout's environment
+        [*("make", "-s", "-o", "venv", "release-podman", "BASE=debian", f"REGISTRY={registry}"),
+         *("PUSH_FLAGS=--tls-verify=false", f"BIN={Path(sys.executable).parent}")],
+        cwd=project, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    pins = yaml.safe_load((project / "k8s/release/kustomization.yaml").read_text())
+    (entry,) = [e for e in pins["images"] if e["name"] == "handserve"]
+    ref, version = f"{entry['newName']}:{entry['newTag']}", entry["newTag"]
+    assert ref.startswith(f"{registry}/handserve:")
+    assert "pinned handserve -> " in out.stdout
     # --no-prune: the build's intermediate images stay, as the layer cache of the next run
     # (.cache/podman); the image itself is gone and must come back from the registry.
     pm.podman("rmi", "--no-prune", ref, env=env)
