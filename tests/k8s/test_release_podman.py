@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from handserve.artifacts import load_verified
 from handserve.images import decode_image
@@ -334,16 +335,38 @@ def _started_at(env: dict[str, str]) -> str:
 
 
 def _wait_served(url: str, version: int, gone: Any, logs: Any, model: str = "tiny") -> None:
-    """Poll /models until ``model`` ``version`` is served (the reload interval is 10 s)."""
-    deadline = time.monotonic() + 120
+    """Poll /metrics until every worker serves ``model`` ``version``: each worker reloads on
+    its own timer (10 s), and ``handserve_model_info`` is a gauge in "max" mode that stays 1
+    for an old version while any worker still serves it."""
+    deadline = time.monotonic() + 180  # a hang guard
     while time.monotonic() < deadline:
         if (reason := gone()) is not None:
             raise AssertionError(f"the server {reason}:\n{logs()[-4000:]}")
-        body = requests.get(url + "/models", timeout=10).json()
-        if any((m.get("name"), m.get("version")) == (model, version) for m in body["models"]):
+        text = requests.get(url + "/metrics", timeout=10).text
+        served = {
+            s.labels["version"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "handserve_model_info" and s.labels.get("name") == model
+        }
+        if served.get(str(version)) == 1 and sum(served.values()) == 1:
             return
         time.sleep(1)
-    raise AssertionError(f"version {version} not served after 120 s:\n{logs()[-4000:]}")
+    raise AssertionError(f"{model} {version} not served by every worker:\n{logs()[-4000:]}")
+
+
+def _predict_new_model(url: str, model: str, image: bytes, gone: Any, logs: Any) -> Any:
+    """POST /predict?model=MODEL until a worker that has loaded the new model answers 200 (a
+    worker that has not yet answers that it does not know it); that answer."""
+    deadline = time.monotonic() + 180  # a hang guard
+    while time.monotonic() < deadline:
+        if (reason := gone()) is not None:
+            raise AssertionError(f"the server {reason}:\n{logs()[-4000:]}")
+        r = requests.post(f"{url}/predict?model={model}", files={"image": image}, timeout=30)
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(1)
+    raise AssertionError(f"{model} never served:\n{logs()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -434,14 +457,12 @@ def test_the_training_job_exports_into_the_volume_the_running_server_serves(
                 assert _wait_exit("handserve-train", engine, train_logs) == 0, train_logs()
             exported = models / "mnist" / "1"
             assert (exported / "manifest.json").is_file()
-            _wait_served(url, 1, gone, logs, model="mnist")
             image = digit_png(7)
-            r = requests.post(url + "/predict?model=mnist", files={"image": image}, timeout=30)
-            assert r.status_code == 200, r.text
-            assert (r.json()["model"], r.json()["version"]) == ("mnist", 1)
+            body = _predict_new_model(url, "mnist", image, gone, logs)
+            assert (body["model"], body["version"]) == ("mnist", 1)
             index, score = _predict_locally(exported, image)
-            assert r.json()["predictions"][0]["index"] == index
-            assert r.json()["predictions"][0]["score"] == pytest.approx(score, abs=1e-5)
+            assert body["predictions"][0]["index"] == index
+            assert body["predictions"][0]["score"] == pytest.approx(score, abs=1e-5)
             assert _started_at(engine) == started
     finally:
         shutil.rmtree(data, ignore_errors=True)
