@@ -4,8 +4,9 @@
 The engine's configuration is the project's (``k8s/podman/containers.conf``, as ``make image``
 uses it), its images and layers live in ``.cache/podman/storage`` (gitignored), so a second run
 reuses the Debian base and the Bento's dependency layers. Tests skip, with the reason, only
-where podman cannot run a container here: no podman, runc, mmdebstrap or docker-registry
-(``scripts/install-test-tools.sh`` installs them from Debian), or podman failing to run one.
+where podman cannot run a container here: not root, no podman, runc, catatonit, mmdebstrap or
+docker-registry (``scripts/install-test-tools.sh`` installs them from Debian), or ``podman
+info`` failing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import os
 import shutil
 import subprocess
 import tempfile
@@ -40,6 +42,10 @@ TOOLS = ("podman", "runc", "catatonit", "mmdebstrap", "docker-registry")
 @functools.cache
 def why_no_podman() -> str | None:
     """Why podman cannot run containers here, or None when it can."""
+    if os.geteuid() != 0:
+        # mmdebstrap, the host folders owned by the pods' uid and podman's configuration here
+        # are the rootful ones (k8s/podman/containers.conf)
+        return "the podman tests run as root (rootless podman is not set up for them)"
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not installed (scripts/install-test-tools.sh, as root)"

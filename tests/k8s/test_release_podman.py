@@ -2,13 +2,15 @@
 the Deployment's pod spec run by ``podman kube play``; a new version in the models volume served
 without a restart.
 
-Run: ``pytest tests/k8s/test_release_podman.py``. What runs: the CPU Bento's image, built by
-``bentoml containerize --backend podman`` on the Debian base (k8s/image.py); pushed to Debian's
-``docker-registry`` on 127.0.0.1; removed and pulled back by its pinned tag; started as uid 10001
+Run: ``pytest tests/k8s/test_release_podman.py``. What runs: ``make release-podman BASE=debian``
+(k8s/README.md) in a copy of the project: the CPU Bento's image built by ``bentoml containerize
+--backend podman`` on the Debian base (k8s/image.py), pushed to Debian's ``docker-registry`` on
+127.0.0.1 and pinned; the image removed and pulled back by its pinned tag; started as uid 10001
 with a read-only root, all capabilities dropped; ``make k8s-pin`` writing that tag; the rendered
 ``overlays/cpu`` and ``overlays/models-volume`` Deployments under ``podman kube play`` (their
 pod spec as rendered: user, security context, read-only root, emptyDir at /tmp, environment,
-resources, the models volume mounted read-only).
+resources, the models volume mounted read-only); the tools image and the training Job's pod
+template; a rollback (k8s/README.md step 5) by re-pinning the previous tag.
 
 Changed before playing, because podman is not a cluster: the image reference points at the local
 registry's pull (k8s/release pinned by ``make k8s-pin``, as a release does), the
@@ -37,6 +39,7 @@ import grpc
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from handserve.artifacts import load_verified
 from handserve.images import decode_image
@@ -108,24 +111,33 @@ def release(
     tiny_export: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Release]:
-    """Build -> push -> remove the local copy -> pull by the pinned tag: the release path of
-    k8s/README.md with podman and a local registry."""
+    """Build -> push -> pin (``make release-podman BASE=debian``, k8s/README.md's command, in a
+    copy of the project) -> remove the local copy -> pull by the pinned tag."""
     root = tmp_path_factory.mktemp("release")
     project = _project(root, tiny_export)
     env = dict(engine, BENTOML_HOME=str(root / "bentoml"), BENTOML_DO_NOT_TRACK="true")
-    base = pm.image.build_base(env)
-    bento = pm.image.build_bento(project / "bentofile.yaml", project, env, base)
-    version = bento.partition(":")[2]
-    ref = f"{registry}/handserve:{version}"
-    pm.image.containerize(bento, ref, env)
-    pm.podman("push", "--tls-verify=false", ref, env=env)
-    pm.podman("rmi", ref, env=env)
+    pm.image.build_base(env)  # from this checkout's .cache/podman tarball, not the copy's
+    out = subprocess.run(
+        # -o venv: the copy has no lock to sync; BIN is this checkout's environment
+        [*("make", "-s", "-o", "venv", "release-podman", "BASE=debian", f"REGISTRY={registry}"),
+         *("PUSH_FLAGS=--tls-verify=false", f"BIN={Path(sys.executable).parent}")],
+        cwd=project, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    pins = yaml.safe_load((project / "k8s/release/kustomization.yaml").read_text())
+    (entry,) = [e for e in pins["images"] if e["name"] == "handserve"]
+    ref, version = f"{entry['newName']}:{entry['newTag']}", entry["newTag"]
+    assert ref.startswith(f"{registry}/handserve:")
+    assert "pinned handserve -> " in out.stdout
+    # --no-prune: the build's intermediate images stay, as the layer cache of the next run
+    # (.cache/podman); the image itself is gone and must come back from the registry.
+    pm.podman("rmi", "--no-prune", ref, env=env)
     assert not pm.image.image_exists(ref, env)
     pm.podman("pull", "--tls-verify=false", ref, env=env)
     try:
         yield Release(ref, version, project, project / "models")
     finally:
-        pm.podman("rmi", "--force", ref, env=env, check=False)
+        pm.podman("rmi", "--force", "--no-prune", ref, env=env, check=False)
 
 
 def _predict_locally(version_dir: Path, image: bytes) -> tuple[int, float]:
@@ -332,16 +344,38 @@ def _started_at(env: dict[str, str]) -> str:
 
 
 def _wait_served(url: str, version: int, gone: Any, logs: Any, model: str = "tiny") -> None:
-    """Poll /models until ``model`` ``version`` is served (the reload interval is 10 s)."""
-    deadline = time.monotonic() + 120
+    """Poll /metrics until every worker serves ``model`` ``version``: each worker reloads on
+    its own timer (10 s), and ``handserve_model_info`` is a gauge in "max" mode that stays 1
+    for an old version while any worker still serves it."""
+    deadline = time.monotonic() + 180  # a hang guard
     while time.monotonic() < deadline:
         if (reason := gone()) is not None:
             raise AssertionError(f"the server {reason}:\n{logs()[-4000:]}")
-        body = requests.get(url + "/models", timeout=10).json()
-        if any((m.get("name"), m.get("version")) == (model, version) for m in body["models"]):
+        text = requests.get(url + "/metrics", timeout=10).text
+        served = {
+            s.labels["version"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "handserve_model_info" and s.labels.get("name") == model
+        }
+        if served.get(str(version)) == 1 and sum(served.values()) == 1:
             return
         time.sleep(1)
-    raise AssertionError(f"version {version} not served after 120 s:\n{logs()[-4000:]}")
+    raise AssertionError(f"{model} {version} not served by every worker:\n{logs()[-4000:]}")
+
+
+def _predict_new_model(url: str, model: str, image: bytes, gone: Any, logs: Any) -> Any:
+    """POST /predict?model=MODEL until a worker that has loaded the new model answers 200 (a
+    worker that has not yet answers that it does not know it); that answer."""
+    deadline = time.monotonic() + 180  # a hang guard
+    while time.monotonic() < deadline:
+        if (reason := gone()) is not None:
+            raise AssertionError(f"the server {reason}:\n{logs()[-4000:]}")
+        r = requests.post(f"{url}/predict?model={model}", files={"image": image}, timeout=30)
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(1)
+    raise AssertionError(f"{model} never served:\n{logs()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -359,7 +393,7 @@ def tools_image(release: Release, engine: dict[str, str]) -> Iterator[str]:
     try:
         yield ref
     finally:
-        pm.podman("rmi", "--force", ref, env=engine, check=False)
+        pm.podman("rmi", "--force", "--no-prune", ref, env=engine, check=False)
 
 
 def _training_pod(release: Release, data: Path, models: Path) -> list[dict[str, Any]]:
@@ -432,14 +466,12 @@ def test_the_training_job_exports_into_the_volume_the_running_server_serves(
                 assert _wait_exit("handserve-train", engine, train_logs) == 0, train_logs()
             exported = models / "mnist" / "1"
             assert (exported / "manifest.json").is_file()
-            _wait_served(url, 1, gone, logs, model="mnist")
             image = digit_png(7)
-            r = requests.post(url + "/predict?model=mnist", files={"image": image}, timeout=30)
-            assert r.status_code == 200, r.text
-            assert (r.json()["model"], r.json()["version"]) == ("mnist", 1)
+            body = _predict_new_model(url, "mnist", image, gone, logs)
+            assert (body["model"], body["version"]) == ("mnist", 1)
             index, score = _predict_locally(exported, image)
-            assert r.json()["predictions"][0]["index"] == index
-            assert r.json()["predictions"][0]["score"] == pytest.approx(score, abs=1e-5)
+            assert body["predictions"][0]["index"] == index
+            assert body["predictions"][0]["score"] == pytest.approx(score, abs=1e-5)
             assert _started_at(engine) == started
     finally:
         shutil.rmtree(data, ignore_errors=True)
@@ -476,4 +508,4 @@ def test_a_rollback_re_pins_the_previous_tag_and_runs_it(
                 pm.wait_http(url + "/readyz", gone, timeout=240, logs=logs)
                 _assert_predicts(url, release.models / "tiny" / "1", version)
     finally:
-        pm.podman("rmi", "--force", second, env=env, check=False)
+        pm.podman("rmi", "--force", "--no-prune", second, env=env, check=False)
