@@ -172,10 +172,16 @@ WHEEL_MEMBERS = {
 WHEEL_LICENSE = "mediapipe-0.10.21.dist-info/LICENSE"
 
 
+def check_models(source: Path | None = None) -> None:
+    """Raise :class:`HandModelsMissing` (naming the fix) unless the models a
+    :class:`HandDetector` would load are there and intact; builds no interpreter."""
+    _read_models(models_source() if source is None else Path(source))
+
+
 def models_ok(folder: Path | str) -> bool:
     """Whether ``folder`` holds both model files with the expected checksums (fetch skips)."""
     try:
-        _read_models(Path(folder))
+        check_models(Path(folder))
     except HandModelsMissing:
         return False
     return Path(folder).is_dir()

@@ -181,8 +181,9 @@ class ModelRegistry:
         manifest = artifacts.load_verified(vdir, self.runtime_name, self.cfg.litert_file)
         if manifest.input.crop is not None:
             # Its contract crops the hand: refuse it now (HandModelsMissing names the fix) rather
-            # than answer every request 503; the models' checksums are checked here too.
-            hands.HandDetector()
+            # than answer every request 503; the models' checksums are checked here too. The
+            # detectors themselves are built on first use, one per decoding thread.
+            hands.check_models()
         runtime = open_runtime(
             vdir,
             manifest,
