@@ -122,13 +122,13 @@ def wait_ready(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}{_tail(log_path)}")
-        if _answers_200(url + "/readyz"):
+        if answers_200(url + "/readyz"):
             return
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout}s{_tail(log_path)}")
 
 
-def _answers_200(url: str) -> bool:
+def answers_200(url: str) -> bool:
     """Whether a GET of ``url`` answers 200 within 2 s (refused, reset or 503: not yet)."""
     try:
         with _DIRECT.open(url, timeout=2) as response:

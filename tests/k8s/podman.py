@@ -23,10 +23,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
-from service.local_server import free_port
+from service.local_server import answers_200, free_port
 from tests.k8s.kube import REPO
 
 # k8s/image.py is a script next to the manifests (like k8s/pin_image.py), not a package.
@@ -113,9 +112,8 @@ def wait_http(
     while time.monotonic() < deadline:
         if (reason := gone()) is not None:
             raise AssertionError(f"{url}: the server {reason}:\n{logs()[-4000:]}")
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(url, timeout=2).status_code == 200:
-                return
+        if answers_200(url):
+            return
         time.sleep(0.5)
     raise AssertionError(f"{url} did not answer 200 within {timeout}s:\n{logs()[-4000:]}")
 
