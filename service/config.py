@@ -87,6 +87,13 @@ class ServiceConfig(Settings):
     # about 1-2 s of work for a small model on 2 cores: queueing longer helps nobody.
     max_inflight_images: int = setting(2048, "admission cap per worker (bounded queue)", ge=1)
     retry_after_s: int = setting(1, "Retry-After seconds sent with 503 refusals", ge=0)
+    # The workers share one listening socket, and keep-alive connections can pile up on one of
+    # them while another idles (service.balance has the why and the measurements): a busy
+    # worker answers some of its connections with `Connection: close` so they reconnect to
+    # the idle one. Off only to measure what it does, or behind a proxy that balances itself.
+    rebalance: bool = setting(
+        True, "close keep-alive connections of a busy worker while a peer worker idles"
+    )
     # Per-request access logs cost measurable CPU at hundreds of requests/s on 2 cores.
     access_log: bool = setting(False, "BentoML access log per request")
 

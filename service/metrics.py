@@ -52,6 +52,7 @@ class Metrics:
     model_info: Any
     grpc_requests: Any
     grpc_seconds: Any
+    rebalanced: Any
 
 
 def create(max_batch_size: int, registry: Any = None) -> Metrics:
@@ -117,6 +118,11 @@ def create(max_batch_size: int, registry: Any = None) -> Metrics:
             "Time per gRPC call, from the decoded message to the answer",
             ["method"],
             buckets=LATENCY_BUCKETS,
+            **kw,
+        ),
+        rebalanced=pc.Counter(
+            "handserve_rebalanced_connections_total",
+            "Keep-alive connections a busy worker closed so an idle worker takes them",
             **kw,
         ),
     )

@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 import handserve
 from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import bento_guard, v2, v2_wire
+from service import balance, bento_guard, v2, v2_wire
 from service import metrics as metrics_mod
 from service import reload as model_reload
 from service.config import ServiceConfig, load_service_config
@@ -134,6 +134,10 @@ class HandServe:
         self._watcher: model_reload.ModelWatcher | None = None  # new versions, when reload is on
         self._all_ready = False
         self._grpc: Any = None  # the Open Inference Protocol's gRPC server, when grpc_port is set
+        #: This worker's side of the connection balancing (service.balance); None with one
+        #: worker, with `rebalance` off, or outside `bentoml serve` (in-process tests).
+        self.balancer: balance.ConnectionBalancer | None = None
+        self._balancing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @bentoml.on_startup
@@ -142,7 +146,17 @@ class HandServe:
         while models load."""
         if self.cfg.grpc_port:
             await self._start_grpc()
+        self._start_balancing()
         self._loader = asyncio.get_running_loop().create_task(self.load())
+
+    def _start_balancing(self) -> None:
+        """Publish this worker's load and shed connections while a peer idles (service.balance)."""
+        index = bentoml.server_context.worker_index  # 1-based; None outside `bentoml serve`
+        if not self.cfg.rebalance or WORKERS < 2 or index is None or index > WORKERS:
+            return
+        board = balance.LoadBoard(balance.board_path(), WORKERS, index - 1)
+        self.balancer = balance.ConnectionBalancer(board, on_shed=self.metrics.rebalanced.inc)
+        self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
 
     async def _start_grpc(self) -> None:
         """The gRPC port of this worker; one that cannot listen keeps the server unready."""
@@ -233,6 +247,10 @@ class HandServe:
             await self._watcher.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
+        if self._balancing is not None and self.balancer is not None:
+            self._balancing.cancel()
+            self.balancer.board.close()
+            balance.remove_board(self.balancer.board.path)
         shutil.rmtree(_ready_dir(), ignore_errors=True)
 
     # ------------------------------------------------------------------ endpoints
@@ -544,11 +562,21 @@ def _current_metrics() -> Any:
         return None
 
 
+def _current_balancer() -> balance.ConnectionBalancer | None:
+    """The connection balancer of the service instance BentoML made, if it has one."""
+    try:
+        balancer: balance.ConnectionBalancer | None = bentoml.get_current_service().balancer
+    except BentoMLException:
+        return None
+    return balancer
+
+
 install_error_handlers(app, _current_metrics)
 routes.bind(app, bentoml.get_current_service)
 # The decorator made HandServe a bentoml Service (typed as the class it wraps).
 _bentoml_service: Any = HandServe
 _bentoml_service.add_asgi_middleware(JSONErrors)
+_bentoml_service.add_asgi_middleware(balance.CloseToRebalance, balancer=_current_balancer)
 
 
 @app.get("/demo", include_in_schema=False)
