@@ -75,6 +75,9 @@ def server(service_models: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "HANDSERVE_GRPC_PORT": str(grpc_port),
         "HANDSERVE_GRPC_HOST": "127.0.0.1",
         "HANDSERVE_RUNTIME": "litert",
+        # Two worker processes wherever the suite runs (the default is one per core): the
+        # readiness, reload and connection-balancing tests are about several workers.
+        "HANDSERVE_WORKERS": "2",
         "HANDSERVE_WARMUP_DELAY_S": str(WARMUP_DELAY_S),
         # "broken" sorts first; requests that name no model go to the configured default
         "HANDSERVE_DEFAULT_MODEL": "digits",

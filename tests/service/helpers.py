@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 from PIL import Image
 
 from handserve import artifacts
@@ -103,3 +104,24 @@ def predict_batch_scores(url: str, model: str, images: list[bytes]) -> np.ndarra
         for p in row:
             scores[i, p["index"]] = p["score"]
     return scores
+
+
+def metric_samples(url: str) -> dict[str, list]:
+    """Every sample of the server's ``/metrics`` (all workers merged), by sample name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url + "/metrics", timeout=30).text
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+def total(samples: dict[str, list], name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    return sum(
+        s.value
+        for s in samples.get(name, [])
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    )

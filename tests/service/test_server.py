@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 
 from handserve import artifacts
 from handserve.images import decode_image
-from tests.service.helpers import digit_png
+from tests.service.helpers import digit_png, metric_samples, total
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -57,23 +56,6 @@ def assert_matches(answer: dict, scores: np.ndarray, labels: list[str], k: int) 
         assert p["label"] == labels[p["index"]]
         np.testing.assert_allclose(p["score"], scores[p["index"]], atol=1e-5)
     assert preds[0]["index"] == int(np.argmax(scores))
-
-
-def metric_samples(url: str) -> dict[str, list]:
-    text = requests.get(url + "/metrics", timeout=30).text
-    out: dict[str, list] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append(s)
-    return out
-
-
-def total(samples: dict[str, list], name: str, **labels: str) -> float:
-    return sum(
-        s.value
-        for s in samples.get(name, [])
-        if all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 @pytest.fixture(scope="module")
