@@ -67,9 +67,13 @@ class LoadBoard:
         self.workers = workers
         self.index = index
         size = SLOT.size * workers
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # In a shared temporary folder: never through a link, never a file someone else made.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
-            if os.fstat(fd).st_size < size:  # the first worker, or more workers than before
+            stat = os.fstat(fd)
+            if hasattr(os, "getuid") and stat.st_uid != os.getuid():
+                raise PermissionError(f"{path} belongs to another user")
+            if stat.st_size < size:  # the first worker, or more workers than before
                 os.ftruncate(fd, size)
             self._map = mmap.mmap(fd, size)
         finally:

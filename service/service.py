@@ -154,7 +154,11 @@ class HandServe:
         index = bentoml.server_context.worker_index  # 1-based; None outside `bentoml serve`
         if not self.cfg.rebalance or WORKERS < 2 or index is None or index > WORKERS:
             return
-        board = balance.LoadBoard(balance.board_path(), WORKERS, index - 1)
+        try:
+            board = balance.LoadBoard(balance.board_path(), WORKERS, index - 1)
+        except OSError as exc:  # serving goes on; connections just stay where they land
+            log.warning("connection balancing is off in this worker: %s", exc)
+            return
         self.balancer = balance.ConnectionBalancer(board, on_shed=self.metrics.rebalanced.inc)
         self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
 

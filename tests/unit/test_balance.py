@@ -62,6 +62,16 @@ def test_board_refuses_an_index_outside_the_workers(tmp_path: Path) -> None:
         LoadBoard(tmp_path / "load", 2, 2)
 
 
+def test_board_never_writes_through_a_link(tmp_path: Path) -> None:
+    """The file lives in a shared temporary folder: a link planted there is refused."""
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep")
+    (tmp_path / "load").symlink_to(target)
+    with pytest.raises(OSError):
+        LoadBoard(tmp_path / "load", 2, 0)
+    assert target.read_bytes() == b"keep"
+
+
 def test_more_workers_than_the_file_holds_grow_it(tmp_path: Path) -> None:
     path = tmp_path / "load"
     LoadBoard(path, 2, 0).publish(0.5, 1, 10.0)
