@@ -112,11 +112,13 @@ class ConnectionBalancer:
         clock: Callable[[], float] = time.monotonic,
         cpu_clock: Callable[[], float] = time.process_time,
         on_shed: Callable[[], None] | None = None,
+        on_tick: Callable[[float, int], None] | None = None,
     ) -> None:
         self.board = board
         self.clock = clock
         self.cpu_clock = cpu_clock
-        self.on_shed = on_shed
+        self.on_shed = on_shed  # counts each connection closed
+        self.on_tick = on_tick  # gets (share of a core, active connections) each tick
         self.cpu_share = 0.0
         self.to_shed = 0
         self._active: dict[Any, float] = {}  # client address -> when it last sent a request
@@ -150,6 +152,8 @@ class ConnectionBalancer:
                 del self._active[client]
         mine = len(self._active)
         self.board.publish(self.cpu_share, mine, now)
+        if self.on_tick is not None:
+            self.on_tick(self.cpu_share, mine)
         if now < self._quiet_until:
             return
         self.to_shed = 0

@@ -53,6 +53,8 @@ class Metrics:
     grpc_requests: Any
     grpc_seconds: Any
     rebalanced: Any
+    worker_connections: Any
+    worker_cpu: Any
 
 
 def create(max_batch_size: int, registry: Any = None) -> Metrics:
@@ -123,6 +125,20 @@ def create(max_batch_size: int, registry: Any = None) -> Metrics:
         rebalanced=pc.Counter(
             "handserve_rebalanced_connections_total",
             "Keep-alive connections a busy worker closed so an idle worker takes them",
+            **kw,
+        ),
+        # One series per live worker process (prometheus_client adds a `pid` label): whether
+        # the workers share the load shows here, not only in the summed counters.
+        worker_connections=pc.Gauge(
+            "handserve_worker_connections",
+            "HTTP connections that sent this worker a request in the last second",
+            multiprocess_mode="liveall",
+            **kw,
+        ),
+        worker_cpu=pc.Gauge(
+            "handserve_worker_cpu_share",
+            "Share of one CPU core this worker used over the last tenth of a second",
+            multiprocess_mode="liveall",
             **kw,
         ),
     )

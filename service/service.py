@@ -159,7 +159,14 @@ class HandServe:
         except OSError as exc:  # serving goes on; connections just stay where they land
             log.warning("connection balancing is off in this worker: %s", exc)
             return
-        self.balancer = balance.ConnectionBalancer(board, on_shed=self.metrics.rebalanced.inc)
+
+        def publish(cpu_share: float, connections: int) -> None:
+            self.metrics.worker_cpu.set(cpu_share)
+            self.metrics.worker_connections.set(connections)
+
+        self.balancer = balance.ConnectionBalancer(
+            board, on_shed=self.metrics.rebalanced.inc, on_tick=publish
+        )
         self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
 
     async def _start_grpc(self) -> None:

@@ -109,6 +109,8 @@ def test_connections_piled_on_one_worker_are_spread(server) -> None:
             seen.append(distribution())
             if seen[-1] == [2, 2]:
                 break
+        time.sleep(3 * balance.TICK_S)  # each worker publishes what it holds now
+        gauges = metric_samples(server.url)
     finally:
         stop.set()
         for t in threads:
@@ -120,3 +122,10 @@ def test_connections_piled_on_one_worker_are_spread(server) -> None:
     assert closes, "the busy worker closed none of its connections"
     after = total(metric_samples(server.url), "handserve_rebalanced_connections_total")
     assert after - before >= len(closes) >= 1
+    # one series per worker process: each reports the two connections it holds
+    # (and this scrape's own, on whichever worker took it)
+    by_pid = {int(s.labels["pid"]): s.value for s in gauges["handserve_worker_connections"]}
+    assert set(by_pid) == {w.pid for w in workers}
+    assert all(2 <= value <= 3 for value in by_pid.values()), by_pid
+    shares = [s.value for s in gauges["handserve_worker_cpu_share"]]
+    assert len(shares) == 2 and all(share > 0.1 for share in shares), shares

@@ -179,6 +179,18 @@ def test_connections_quiet_for_the_window_stop_counting(tmp_path: Path) -> None:
     assert other.peers(clocks.wall) == [(pytest.approx(1.0), 1)]
 
 
+def test_each_tick_reports_what_it_published(tmp_path: Path) -> None:
+    clocks = Clocks()
+    me = worker(tmp_path / "load", 0, clocks)
+    ticks: list[tuple[float, int]] = []
+    me.on_tick = lambda share, connections: ticks.append((share, connections))
+    for client in clients(3):
+        me.seen(client)
+    clocks.advance(0.2, busy=0.25)
+    me.tick()
+    assert ticks == [(pytest.approx(0.25), 3)]
+
+
 def test_run_ticks_until_cancelled(tmp_path: Path) -> None:
     path = tmp_path / "load"
     me = ConnectionBalancer(LoadBoard(path, 2, 0))
