@@ -90,7 +90,7 @@ class ServiceConfig(Settings):
     # The workers share one listening socket, and keep-alive connections can pile up on one of
     # them while another idles (service.balance has the why and the measurements): a busy
     # worker answers some of its connections with `Connection: close` so they reconnect to
-    # the idle one. Off only to measure what it does, or behind a proxy that balances itself.
+    # the idle one. A balanced server closes nothing; off is there to measure what it does.
     rebalance: bool = setting(
         True, "close keep-alive connections of a busy worker while a peer worker idles"
     )
