@@ -13,15 +13,16 @@ it computes.
 
 The remedy stays within HTTP, so it works behind any client and any proxy: every worker
 publishes, ten times a second, its share of a CPU core and how many connections sent it a
-request in the last second, in a small file the workers of one server share
-(:class:`LoadBoard`). A worker that is busy (half a core or more) and holds at least two
-connections more than a peer answers some of its connections with ``Connection: close``
-(:class:`ConnectionBalancer`; half the difference, so the two end level). Every HTTP client
-then opens a new connection for its next request, as HTTP/1.1 requires (RFC 9112, section
-9.6); the busy worker is computing at that moment and the idle one is waiting in ``epoll``, so
-the idle one most likely accepts it (if not, the next decision tries again). A worker sheds at
-most once per cooldown (0.3 s), which leaves the peers time to publish the connections they
-gained, so connections do not swing back and forth: a gap of one connection is left alone.
+request in the last second, in a small file in the folder the workers of one server share
+(:class:`LoadBoard`; the service names the folder by the workers' parent PID). A worker that is
+busy (half a core or more) and holds at least two connections more than a peer answers some
+of its connections with ``Connection: close`` (:class:`ConnectionBalancer`; half the
+difference, so the two end level). Every HTTP client then opens a new connection for its next
+request, as HTTP/1.1 requires (RFC 9112, section 9.6); the busy worker is computing at that
+moment and the idle one is waiting in ``epoll``, so the idle one most likely accepts it (if
+not, the next decision tries again). A worker sheds at most once per cooldown (0.3 s), which
+leaves the peers time to publish the connections they gained, so connections do not swing
+back and forth: a gap of one connection is left alone.
 
 Only HTTP/1.1 is balanced this way. The gRPC port listens with ``SO_REUSEPORT`` in every
 worker, so the kernel already spreads its connections (see :mod:`service.v2_grpc`).
@@ -30,7 +31,6 @@ worker, so the kernel already spreads its connections (see :mod:`service.v2_grpc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import mmap
 import os
@@ -63,7 +63,6 @@ class LoadBoard:
     def __init__(self, path: Path, workers: int, index: int) -> None:
         if not 0 <= index < workers:
             raise ValueError(f"worker index {index} is outside 0..{workers - 1}")
-        self.path = path
         self.workers = workers
         self.index = index
         size = SLOT.size * workers
@@ -82,19 +81,16 @@ class LoadBoard:
     def publish(self, cpu_share: float, connections: int, now: float) -> None:
         SLOT.pack_into(self._map, self.index * SLOT.size, cpu_share, connections, now)
 
-    def peers(self, now: float, stale_s: float = STALE_S) -> list[tuple[float, int]]:
+    def peers(self, now: float) -> list[tuple[float, int]]:
         """``(cpu_share, connections)`` of every other worker that published recently."""
         found = []
         for i in range(self.workers):
             if i == self.index:
                 continue
             share, connections, stamp = SLOT.unpack_from(self._map, i * SLOT.size)
-            if stamp > 0 and now - stamp <= stale_s:
+            if stamp > 0 and now - stamp <= STALE_S:
                 found.append((share, int(connections)))
         return found
-
-    def close(self) -> None:
-        self._map.close()
 
 
 class ConnectionBalancer:
@@ -132,7 +128,7 @@ class ConnectionBalancer:
 
     def should_close(self, client: Any) -> bool:
         """Whether the response to ``client`` should carry ``Connection: close``."""
-        if self.to_shed <= 0 or client is None or client not in self._active:
+        if self.to_shed <= 0 or client not in self._active:  # None (no address) never is
             return False
         self.to_shed -= 1
         del self._active[client]  # it is gone from here now: do not count it again
@@ -209,15 +205,3 @@ class CloseToRebalance:
             await send(message)
 
         await self.app(scope, receive, send_closing)
-
-
-def board_path(parent_pid: int | None = None) -> Path:
-    """The load file of one server: its workers share a parent, whose PID names it."""
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / f"handserve-load-{parent_pid or os.getppid()}"
-
-
-def remove_board(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()

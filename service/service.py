@@ -86,6 +86,9 @@ RUNTIME = choose_runtime_name(CONFIG.runtime, import_tensorflow=False)
 #: LiteRT: a worker process per usable core (each runs its own requests); SavedModel: one
 #: process whose batches use the whole machine (or the GPU).
 WORKERS = CONFIG.workers or (1 if SavedModelRuntime.name == RUNTIME else available_cpus())
+#: Keep-alive connections are balanced between workers (service.balance) only where there are
+#: several; otherwise not even its middleware runs.
+BALANCING = CONFIG.rebalance and WORKERS > 1
 STATIC_DIR = Path(__file__).parent / "static"
 
 app = FastAPI(
@@ -152,11 +155,13 @@ class HandServe:
     def _start_balancing(self) -> None:
         """Publish this worker's load and shed connections while a peer idles (service.balance)."""
         index = bentoml.server_context.worker_index  # 1-based; None outside `bentoml serve`
-        if not self.cfg.rebalance or WORKERS < 2 or index is None or index > WORKERS:
+        if not BALANCING or index is None:
             return
         try:
-            board = balance.LoadBoard(balance.board_path(), WORKERS, index - 1)
-        except OSError as exc:  # serving goes on; connections just stay where they land
+            folder = _server_dir()
+            folder.mkdir(mode=0o700, exist_ok=True)
+            board = balance.LoadBoard(folder / "load", WORKERS, index - 1)
+        except (OSError, ValueError) as exc:  # serving goes on; connections stay where they land
             log.warning("connection balancing is off in this worker: %s", exc)
             return
 
@@ -242,11 +247,11 @@ class HandServe:
             return True
         if not self.registry.ready:
             return False
-        self._all_ready = len(list(_ready_dir().glob("worker-*"))) >= WORKERS
+        self._all_ready = len(list(_server_dir().glob("worker-*"))) >= WORKERS
         return self._all_ready
 
     def _mark_worker_ready(self) -> None:
-        folder = _ready_dir()
+        folder = _server_dir()
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"worker-{os.getpid()}").touch()
 
@@ -258,11 +263,9 @@ class HandServe:
             await self._watcher.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
-        if self._balancing is not None and self.balancer is not None:
+        if self._balancing is not None:
             self._balancing.cancel()
-            self.balancer.board.close()
-            balance.remove_board(self.balancer.board.path)
-        shutil.rmtree(_ready_dir(), ignore_errors=True)
+        shutil.rmtree(_server_dir(), ignore_errors=True)  # the load board's file with it
 
     # ------------------------------------------------------------------ endpoints
     @routes.post(
@@ -550,12 +553,13 @@ class HandServe:
             self.admission.release(n)
 
 
-def _ready_dir() -> Path:
-    """Where the worker processes of one server mark themselves ready.
+def _server_dir() -> Path:
+    """The folder the worker processes of one server share: readiness marks, the load board.
 
     BentoML answers ``/readyz`` from whichever worker gets the request, and each worker loads
-    its models itself; the server is ready only when all are. The workers share a parent (the
-    ``bentoml serve`` process), so its PID names their common folder.
+    its models itself; the server is ready only when all are, so each marks itself ready here.
+    The connection balancing's load board (service.balance) is a file here too. The workers
+    share a parent (the ``bentoml serve`` process), so its PID names the folder.
     """
     return Path(tempfile.gettempdir()) / f"handserve-ready-{os.getppid()}"
 
@@ -565,29 +569,26 @@ def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- errors, demo page
-def _current_metrics() -> Any:
-    """The metrics of the service instance BentoML made (in-process tests register theirs)."""
-    try:
-        return bentoml.get_current_service().metrics
-    except BentoMLException:  # no instance yet: nothing to count into
-        return None
+def _current(attribute: str) -> Callable[[], Any]:
+    """A getter of one attribute of the service instance BentoML made (in-process tests make
+    their own), or None before there is an instance."""
+
+    def get() -> Any:
+        try:
+            return getattr(bentoml.get_current_service(), attribute)
+        except BentoMLException:  # no instance yet: nothing to count into or balance
+            return None
+
+    return get
 
 
-def _current_balancer() -> balance.ConnectionBalancer | None:
-    """The connection balancer of the service instance BentoML made, if it has one."""
-    try:
-        balancer: balance.ConnectionBalancer | None = bentoml.get_current_service().balancer
-    except BentoMLException:
-        return None
-    return balancer
-
-
-install_error_handlers(app, _current_metrics)
+install_error_handlers(app, _current("metrics"))
 routes.bind(app, bentoml.get_current_service)
 # The decorator made HandServe a bentoml Service (typed as the class it wraps).
 _bentoml_service: Any = HandServe
 _bentoml_service.add_asgi_middleware(JSONErrors)
-_bentoml_service.add_asgi_middleware(balance.CloseToRebalance, balancer=_current_balancer)
+if BALANCING:
+    _bentoml_service.add_asgi_middleware(balance.CloseToRebalance, balancer=_current("balancer"))
 
 
 @app.get("/demo", include_in_schema=False)

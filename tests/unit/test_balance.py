@@ -42,6 +42,20 @@ def publish_idle_peer(path: Path, now: float, connections: int = 0, share: float
     LoadBoard(path, 2, 1).publish(share, connections, now)
 
 
+def after_one_tick(
+    path: Path, clocks: Clocks, mine: int, *, peer: int = 0, busy: float = 1.0, peer_age: float = 0
+) -> ConnectionBalancer:
+    """Worker 0 after ``mine`` connections sent it a request, its peer published ``peer``
+    connections ``peer_age`` seconds ago, and one tick passed with ``busy`` of a core used."""
+    me = worker(path, 0, clocks)
+    for client in clients(mine):
+        me.seen(client)
+    publish_idle_peer(path, clocks.wall - peer_age, connections=peer)
+    clocks.advance(0.1, busy=busy)
+    me.tick()
+    return me
+
+
 def test_board_round_trip_skips_own_and_stale_slots(tmp_path: Path) -> None:
     path = tmp_path / "load"
     boards = [LoadBoard(path, 3, i) for i in range(3)]
@@ -84,16 +98,9 @@ def test_more_workers_than_the_file_holds_grow_it(tmp_path: Path) -> None:
 
 
 def test_busy_worker_sheds_half_the_gap_once_per_connection(tmp_path: Path) -> None:
-    path = tmp_path / "load"
-    clocks = Clocks()
+    me = after_one_tick(tmp_path / "load", Clocks(), 4)
     shed: list[int] = []
-    me = worker(path, 0, clocks)
     me.on_shed = lambda: shed.append(1)
-    for client in clients(4):
-        me.seen(client)
-    publish_idle_peer(path, clocks.wall)
-    clocks.advance(0.1, busy=1.0)
-    me.tick()
     assert me.cpu_share == pytest.approx(1.0)
     assert me.to_shed == 2  # 4 against 0: two move, both end with two
     a, b, c, d = clients(4)
@@ -116,27 +123,13 @@ def test_busy_worker_sheds_half_the_gap_once_per_connection(tmp_path: Path) -> N
     ],
 )
 def test_what_is_shed(tmp_path: Path, mine: int, peer: int, busy: float, expected: int) -> None:
-    path = tmp_path / "load"
-    clocks = Clocks()
-    me = worker(path, 0, clocks)
-    for client in clients(mine):
-        me.seen(client)
-    publish_idle_peer(path, clocks.wall, connections=peer)
-    clocks.advance(0.1, busy=busy)
-    me.tick()
+    me = after_one_tick(tmp_path / "load", Clocks(), mine, peer=peer, busy=busy)
     assert me.to_shed == expected
 
 
 def test_a_stale_peer_gets_nothing(tmp_path: Path) -> None:
     """A peer that stopped publishing (stopped, restarting) is no place to send connections."""
-    path = tmp_path / "load"
-    clocks = Clocks()
-    me = worker(path, 0, clocks)
-    for client in clients(4):
-        me.seen(client)
-    publish_idle_peer(path, clocks.wall - balance.STALE_S - 0.5)
-    clocks.advance(0.1, busy=1.0)
-    me.tick()
+    me = after_one_tick(tmp_path / "load", Clocks(), 4, peer_age=balance.STALE_S + 0.5)
     assert me.to_shed == 0
 
 
@@ -144,12 +137,7 @@ def test_no_second_decision_within_the_cooldown(tmp_path: Path) -> None:
     """The peer publishes what it gained before this worker decides again."""
     path = tmp_path / "load"
     clocks = Clocks()
-    me = worker(path, 0, clocks)
-    for client in clients(6):
-        me.seen(client)
-    publish_idle_peer(path, clocks.wall)
-    clocks.advance(0.1, busy=1.0)
-    me.tick()
+    me = after_one_tick(path, clocks, 6)
     assert me.to_shed == 3
     me.should_close(clients(6)[0])
     clocks.advance(0.1, busy=1.0)
