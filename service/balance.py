@@ -128,6 +128,10 @@ class ConnectionBalancer:
 
     def should_close(self, client: Any) -> bool:
         """Whether the response to ``client`` should carry ``Connection: close``."""
+        if self.clock() - self._last[0] >= TICK_S:
+            # the loop has been busy with requests since the last tick (inline model calls):
+            # decide now, not after the whole run of queued requests
+            self.tick()
         if self.to_shed <= 0 or client not in self._active:  # None (no address) never is
             return False
         self.to_shed -= 1

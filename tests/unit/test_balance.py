@@ -167,6 +167,22 @@ def test_connections_quiet_for_the_window_stop_counting(tmp_path: Path) -> None:
     assert other.peers(clocks.wall) == [(pytest.approx(1.0), 1)]
 
 
+def test_a_response_decides_when_the_loop_was_too_busy_to_tick(tmp_path: Path) -> None:
+    """Inline model calls hold the event loop: the queued requests' responses must not wait
+    for the ticker to shed (the pile-up is worst right then)."""
+    path = tmp_path / "load"
+    clocks = Clocks()
+    me = worker(path, 0, clocks)
+    for client in clients(4):
+        me.seen(client)
+    publish_idle_peer(path, clocks.wall)
+    clocks.advance(balance.TICK_S / 2, busy=1.0)
+    assert not me.should_close(clients(4)[0]), "within a tick: the last decision holds"
+    clocks.advance(balance.TICK_S, busy=1.0)  # no tick ran meanwhile
+    assert me.should_close(clients(4)[0])
+    assert me.to_shed == 1
+
+
 def test_each_tick_reports_what_it_published(tmp_path: Path) -> None:
     clocks = Clocks()
     me = worker(tmp_path / "load", 0, clocks)
