@@ -20,9 +20,11 @@ of its connections with ``Connection: close`` (:class:`ConnectionBalancer`; half
 difference, so the two end level). Every HTTP client then opens a new connection for its next
 request, as HTTP/1.1 requires (RFC 9112, section 9.6); the busy worker is computing at that
 moment and the idle one is waiting in ``epoll``, so the idle one most likely accepts it (if
-not, the next decision tries again). A worker sheds at most once per cooldown (0.3 s), which
-leaves the peers time to publish the connections they gained, so connections do not swing
-back and forth: a gap of one connection is left alone.
+not, the next decision tries again). A worker decides on its ticks, and on a response when its
+event loop has been too busy running queued requests to tick: a pile-up is shed while it is
+being served, not after. It sheds at most once per cooldown (0.3 s), which leaves the peers
+time to publish the connections they gained, so connections do not swing back and forth: a
+gap of one connection is left alone.
 
 Only HTTP/1.1 is balanced this way. The gRPC port listens with ``SO_REUSEPORT`` in every
 worker, so the kernel already spreads its connections (see :mod:`service.v2_grpc`).
