@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -193,16 +192,17 @@ def _shaped(request: Request, err: ApiError, status: int | None = None) -> JSONR
     return JSONResponse(body, status_code=status or err.status, headers=err.headers)
 
 
-def install_error_handlers(app: FastAPI, metrics: Callable[[], Any]) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Answer every exception a route raises as JSON in the shape its API uses.
 
-    ``metrics()`` gives the metrics of the service instance answering (None: not counted): the
-    handlers are installed once on the module's app, before BentoML makes the instance.
+    Refusals are counted into ``app.state.metrics``, the metrics of the service instance that
+    answers (not counted before there is one): the handlers are installed once on the module's
+    app, before BentoML makes the instance.
     """
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
-        count_rejected(metrics(), exc)
+        count_rejected(getattr(request.app.state, "metrics", None), exc)
         return _shaped(request, exc)
 
     @app.exception_handler(HTTPException)

@@ -1,22 +1,21 @@
 """The BentoML service: ``bentoml serve service.service:HandServe``.
 
-Every public endpoint is a route declared on the :class:`HandServe` class below (FastAPI,
-mounted with ``@bentoml.asgi_app``; :mod:`service.routes` binds them to the running instance),
-and the OpenAPI document comes from the types in :mod:`service.schemas`. A predict request
-travels one way and each step returns its result to the caller:
+This module holds the server's lifecycle and the declaration of every public endpoint, so one
+file answers "what does this server answer". Each endpoint is a route declared on the
+:class:`HandServe` class below (FastAPI, mounted with ``@bentoml.asgi_app``; :mod:`service.routes`
+binds them to the running instance), and the OpenAPI document comes from the types in
+:mod:`service.schemas`. The work is elsewhere: every protocol parses its own wire format and
+calls the same :class:`~service.dataplane.DataPlane` (registry, admission, engine):
 
-    parse (service.parsing) -> resolve the model (service.registry) -> admit
-        -> decode and run (service.inference: LiteRT side by side, one worker process per
-           core; or BentoML's adaptive batching for TensorFlow SavedModel) -> answer
+    parse (service.parsing | service.v2_http | service.v2_grpc)
+        -> DataPlane: resolve the model -> admit -> decode and run (service.inference: LiteRT
+           side by side, one worker process per core; or adaptive batches for SavedModel)
+        -> answer
 
 Models load in a background task so ``/livez`` answers at once; ``__is_ready__`` makes
 ``/readyz`` 503 until every model is verified and warm in every worker. Configuration comes from
 ``$HANDSERVE_CONFIG`` and ``HANDSERVE_*`` variables (read at import, because BentoML's
 decorator needs the worker numbers); docs/service.md has the why of each choice.
-
-At a little over 400 lines this module is longer than the others on purpose: every public
-endpoint, the image API's and the Open Inference Protocol's (:mod:`service.v2`), is declared
-here with its docstring, so one file answers "what does this server answer".
 """
 
 from __future__ import annotations
@@ -24,14 +23,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
-import tempfile
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
@@ -44,22 +39,14 @@ from starlette.staticfiles import StaticFiles
 import handserve
 from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import balance, bento_guard, v2, v2_wire
+from service import balance, bento_guard, v2, v2_http, workers
 from service import metrics as metrics_mod
 from service import reload as model_reload
 from service.config import ServiceConfig, load_service_config
-from service.errors import (
-    STATUS,
-    ApiError,
-    JSONErrors,
-    count_rejected,
-    install_error_handlers,
-    is_input_error,
-    v2_error,
-)
-from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
-from service.parsing import parse_params, parse_request, read_body
-from service.registry import LoadedModel, ModelRegistry
+from service.dataplane import DataPlane
+from service.errors import STATUS, ApiError, JSONErrors, install_error_handlers, is_input_error
+from service.parsing import parse_params, parse_request, read_files
+from service.registry import LoadedModel
 from service.routes import ClassRoutes
 from service.schemas import (
     ErrorResponse,
@@ -123,16 +110,15 @@ routes = ClassRoutes()
 )
 @bentoml.asgi_app(app, path="/")
 class HandServe:
-    """Image classification over REST: every model of the models folder, verified and warm."""
+    """Image classification over REST and gRPC: every model of the models folder, verified and
+    warm, behind one :class:`~service.dataplane.DataPlane`."""
 
     def __init__(self, cfg: ServiceConfig | None = None, metrics_registry: Any = None) -> None:
         """BentoML calls this with no arguments; in-process tests pass their own config and
         Prometheus registry (metrics may be registered once per registry)."""
         self.cfg = cfg or CONFIG
         self.metrics = metrics_mod.create(self.cfg.max_batch_size, metrics_registry)
-        self.registry = ModelRegistry(self.cfg, self.metrics)
-        self.admission = Admission(self.cfg.max_inflight_images, self.cfg.retry_after_s)
-        self.engine: Engine | None = None  # chosen once the runtime is known
+        self.plane = DataPlane(self.cfg, self.metrics)
         self._loader: asyncio.Task[None] | None = None
         self._watcher: model_reload.ModelWatcher | None = None  # new versions, when reload is on
         self._all_ready = False
@@ -141,10 +127,15 @@ class HandServe:
         #: worker, with `rebalance` off, or outside `bentoml serve` (in-process tests).
         self.balancer: balance.ConnectionBalancer | None = None
         self._balancing: asyncio.Task[None] | None = None
+        # What the routes, the error handlers and the balancing middleware of the app use: the
+        # one instance of this worker process (BentoML makes one; a test makes its own).
+        app.state.service = self
+        app.state.metrics = self.metrics
+        app.state.balancer = None
 
     # ------------------------------------------------------------------ lifecycle
     @bentoml.on_startup
-    async def _start_loading(self) -> None:
+    async def start(self) -> None:
         """Load in the background: the server must accept /livez (and gRPC's ServerLive)
         while models load."""
         if self.cfg.grpc_port:
@@ -158,7 +149,7 @@ class HandServe:
         if not BALANCING or index is None:
             return
         try:
-            folder = _server_dir()
+            folder = workers.server_dir()
             folder.mkdir(mode=0o700, exist_ok=True)
             board = balance.LoadBoard(folder / "load", WORKERS, index - 1)
         except (OSError, ValueError) as exc:  # serving goes on; connections stay where they land
@@ -172,46 +163,34 @@ class HandServe:
         self.balancer = balance.ConnectionBalancer(
             board, on_shed=self.metrics.rebalanced.inc, on_tick=publish
         )
+        app.state.balancer = self.balancer
         self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
 
     async def _start_grpc(self) -> None:
         """The gRPC port of this worker; one that cannot listen keeps the server unready."""
         from service import v2_grpc  # grpc is imported only by servers that use it
 
-        backend = v2_grpc.Backend(
-            is_ready=self.__is_ready__,
-            resolve=self._v2_resolve,
-            metadata=self._v2_metadata,
-            scores=self._v2_scores,
-            max_images=self.cfg.max_batch_images,
-            max_message_bytes=self.cfg.max_body_bytes,
-            metrics=self.metrics,
-            version=handserve.__version__,
-        )
+        backend = v2_grpc.Backend(self.plane, self.__is_ready__, handserve.__version__)
         try:
             self._grpc = await v2_grpc.start(backend, self.cfg.grpc_host, self.cfg.grpc_port)
         except (OSError, RuntimeError) as exc:
-            self.registry.load_error = f"gRPC port {self.cfg.grpc_port}: {exc}"
-            log.error("%s; /readyz stays 503", self.registry.load_error)
+            self.plane.refuse_all(f"gRPC port {self.cfg.grpc_port}: {exc}")
+            log.error("gRPC port %s: %s; /readyz stays 503", self.cfg.grpc_port, exc)
 
     async def load(self) -> None:
-        """Load, verify and warm every model, pick the engine, then turn ready."""
+        """Load, verify and warm every model, watch for new versions, then turn ready."""
         try:
-            await anyio.to_thread.run_sync(self.registry.load_all)
-            self.engine = self._make_engine()
-            if isinstance(self.engine, BatchingEngine):
-                for model in self.registry.models.values():
-                    await self.engine.warm_up(model)
+            await self.plane.load()
             if self.cfg.warmup_delay_s:
                 await asyncio.sleep(self.cfg.warmup_delay_s)
-            self._watcher = model_reload.start(self.registry, self.engine)
-            if not self.registry.models and self._watcher is not None:
+            self._watcher = model_reload.start(self.plane.registry, self.plane.engine)
+            if not self.plane.models and self._watcher is not None:
                 await self._watcher.wait_for_models()  # an empty volume: serve what arrives
             if self.cfg.grpc_port and self._grpc is None:
                 return  # the gRPC port was asked for and could not listen (logged)
-            if not self.registry.models:
+            if not self.plane.models:
                 # Ready with nothing to serve would send traffic to a useless replica.
-                self.registry.load_error = "no model could be served"
+                self.plane.refuse_all("no model could be served")
                 log.error(
                     "no model could be served from %s; /readyz stays 503", self.cfg.models_dir
                 )
@@ -222,52 +201,43 @@ class HandServe:
             # under load (a p99 of 160 ms where p95 was 60 ms, digits at concurrency 64).
             gc.collect()
             gc.freeze()
-            self.registry.mark_ready()
-            self._mark_worker_ready()
-            log.info("ready (%s engine)", self.engine.kind)
+            self.plane.mark_ready()
+            if bentoml.server_context.worker_index is not None:
+                workers.mark_ready()
+            log.info("ready (%s engine)", self.plane.engine.kind if self.plane.engine else "no")
         except Exception as exc:
-            self.registry.load_error = f"loading models failed: {type(exc).__name__}"
+            self.plane.refuse_all(f"loading models failed: {type(exc).__name__}")
             log.exception("loading models failed; /readyz stays 503")
 
-    def _make_engine(self) -> Engine:
-        """Batching where it pays (SavedModel), parallel interpreters where it does not."""
-        if self.registry.runtime_name == SavedModelRuntime.name:
-            return BatchingEngine(
-                self.cfg.max_batch_size,
-                self.cfg.max_latency_ms,
-                self.cfg.max_pixels,
-                self.metrics,
-                retire_after_s=self.cfg.timeout_s,
-            )
-        return ParallelEngine(self.cfg.max_pixels, self.metrics)
+    async def loaded(self) -> None:
+        """Wait until :meth:`load` has finished (ready or not): for tests and tools."""
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
 
     def __is_ready__(self) -> bool:
         """Ready when every worker process of this server is: any of them may get a request."""
         if self._all_ready:
             return True
-        if not self.registry.ready:
+        if not self.plane.ready:
             return False
-        self._all_ready = len(list(_server_dir().glob("worker-*"))) >= WORKERS
+        if bentoml.server_context.worker_index is None:  # one instance in a test, no peers
+            return True
+        self._all_ready = workers.ready_count() >= WORKERS
         return self._all_ready
 
-    def _mark_worker_ready(self) -> None:
-        folder = _server_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"worker-{os.getpid()}").touch()
-
     @bentoml.on_shutdown
-    async def _unmark_worker(self) -> None:
-        import shutil
-
+    async def stop(self) -> None:
+        """Stop watching, close the gRPC port (in-flight calls get 5 s), stop balancing."""
         if self._watcher is not None:
             await self._watcher.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
         if self._balancing is not None:
             self._balancing.cancel()
-        shutil.rmtree(_server_dir(), ignore_errors=True)  # the load board's file with it
+        if bentoml.server_context.worker_index is not None:
+            workers.remove()
 
-    # ------------------------------------------------------------------ endpoints
+    # ------------------------------------------------------------------ image API
     @routes.post(
         "/predict",
         summary="Classify one image",
@@ -286,9 +256,9 @@ class HandServe:
         ``image/*`` body, or JSON ``{"image": base64}`` (``PredictForm``, ``PredictJSON``).
         Answer: ``PredictResponse``; refusals: ``ErrorResponse`` (docs/service.md).
         """
-        chosen, scores, k = await self._classify(request, batch=False)
+        model, scores, k = await self._classify(request, batch=False)
         return JSONResponse(
-            {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
+            {"model": model.name, "version": model.version, **_ranked(scores[0], model, k)}
         )
 
     @routes.post(
@@ -307,9 +277,27 @@ class HandServe:
         ``{"images": [base64, ...]}`` (``PredictBatchForm``, ``PredictBatchJSON``).
         Answer: ``PredictBatchResponse``.
         """
-        chosen, scores, k = await self._classify(request, batch=True)
-        results = [_ranked(row, chosen, k) for row in scores]
-        return JSONResponse({"model": chosen.name, "version": chosen.version, "results": results})
+        model, scores, k = await self._classify(request, batch=True)
+        results = [_ranked(row, model, k) for row in scores]
+        return JSONResponse({"model": model.name, "version": model.version, "results": results})
+
+    async def _classify(
+        self, request: Request, *, batch: bool
+    ) -> tuple[LoadedModel, np.ndarray, int]:
+        """Parse the request, then the data plane's scores of every image of it."""
+        self.plane.check_ready()  # before reading the body: a loading server refuses at once
+        parsed = await parse_request(
+            request,
+            batch=batch,
+            max_body_bytes=self.cfg.max_body_bytes,
+            max_images=self.cfg.max_batch_images if batch else 1,
+            body_timeout_s=self.cfg.body_timeout_s,
+            query=parse_params(request.query_params, "query"),
+        )
+        params = parsed.params
+        model = self.plane.resolve(params.model, params.version)
+        scores = await self.plane.classify(model, parsed.images)
+        return model, scores, params.top_k or self.cfg.top_k
 
     @routes.get(
         "/models",
@@ -319,13 +307,13 @@ class HandServe:
     async def models(self) -> dict[str, Any]:
         """What is served (labels, input contract, runtime, file, sha256, export metrics) and
         what was refused with the reason."""
-        return self.registry.describe()
+        return self.plane.describe()
 
     # ------------------------------------------------------------------ typed BentoML APIs
     # For BentoML's clients (bentoml.SyncHTTPClient / AsyncHTTPClient) and for composition
-    # (bentoml.depends): the same registry, admission, engine and metrics as /predict, so the
-    # answers are the same. /predict stays the hot path: a typed endpoint parses its multipart
-    # body into a temporary file per image (docs/service.md, "Typed APIs").
+    # (bentoml.depends): the same data plane as /predict, so the answers are the same.
+    # /predict stays the hot path: a typed endpoint parses its multipart body into a temporary
+    # file per image (docs/service.md, "Typed APIs").
     @bentoml.api(route="/classify")
     async def classify(
         self,
@@ -356,38 +344,20 @@ class HandServe:
         """Several image files (at most ``max_batch_images``) -> one result per image, in order
         (as /predict_batch)."""
         chosen, scores, k = await self._typed(images, model, version, top_k)
+        results = [_ranked(row, chosen, k) for row in scores]
         return PredictBatchResponse.model_validate(
-            {
-                "model": chosen.name,
-                "version": chosen.version,
-                "results": [_ranked(row, chosen, k) for row in scores],
-            }
+            {"model": chosen.name, "version": chosen.version, "results": results}
         )
 
     async def _typed(
-        self, files: list[Path], model: str | None, version: int | None, top_k: int | None
+        self, files: list[Path], name: str | None, version: int | None, k: int | None
     ) -> tuple[LoadedModel, np.ndarray, int]:
-        """The request path of the typed APIs; an ApiError becomes BentoML's error with the
-        same status (BentoML answers an exception of its own with that status, anything else
-        with 500)."""
+        """The typed APIs' request path; an ApiError becomes BentoML's error with the same
+        status (BentoML answers an exception of its own with that status, anything else 500)."""
         try:
-            if not 0 < len(files) <= self.cfg.max_batch_images:
-                raise ApiError(
-                    "too_many_images" if files else "empty",
-                    f"send 1 to {self.cfg.max_batch_images} images, not {len(files)}",
-                )
-            blobs = []
-            for i, file in enumerate(files):
-                size = file.stat().st_size
-                if size > self.cfg.max_body_bytes:
-                    raise ApiError(
-                        "body_too_large",
-                        f"image {i} is {size} bytes, over max_body_bytes "
-                        f"({self.cfg.max_body_bytes})",
-                    )
-                blobs.append(file.read_bytes())
-            chosen, scores = await self._run(model, version, blobs)
-            return chosen, scores, top_k or self.cfg.top_k
+            blobs = read_files(files, self.cfg.max_batch_images, self.cfg.max_body_bytes)
+            model = self.plane.resolve(name, version)
+            return model, await self.plane.classify(model, blobs), k or self.cfg.top_k
         except ApiError as err:
             if is_input_error(err.code):
                 self.metrics.rejected_inputs.labels(reason=err.code).inc()
@@ -396,6 +366,7 @@ class HandServe:
             ) from None
 
     # ------------------------------------------------------------------ Open Inference Protocol
+    # Translated by service.v2_http (REST) and service.v2_grpc (gRPC) into data plane calls.
     @routes.get("/v2", summary="v2 protocol: server metadata and extensions", tags=["v2"])
     async def v2_server(self) -> dict[str, Any]:
         """Open Inference Protocol server metadata: name, version and extensions (service.v2)."""
@@ -414,7 +385,7 @@ class HandServe:
     @routes.get("/v2/models/{name}", summary="v2 protocol: model metadata", tags=["v2"])
     async def v2_model(self, name: str) -> Response:
         """Inputs and outputs with names, datatypes and shapes (``service.v2``)."""
-        return self._v2(self._v2_metadata, name, None)
+        return v2_http.model_answer(self.plane, v2_http.metadata, name, None)
 
     @routes.get(
         "/v2/models/{name}/versions/{version}",
@@ -422,12 +393,12 @@ class HandServe:
         tags=["v2"],
     )
     async def v2_model_version(self, name: str, version: str) -> Response:
-        return self._v2(self._v2_metadata, name, version)
+        return v2_http.model_answer(self.plane, v2_http.metadata, name, version)
 
     @routes.get("/v2/models/{name}/ready", summary="v2 protocol: model readiness", tags=["v2"])
     async def v2_model_ready(self, name: str) -> Response:
         """200 when the model is served and warm; 404 for a model not served."""
-        return self._v2(self._v2_model_ready, name, None)
+        return v2_http.model_answer(self.plane, v2_http.model_ready, name, None)
 
     @routes.get(
         "/v2/models/{name}/versions/{version}/ready",
@@ -435,7 +406,7 @@ class HandServe:
         tags=["v2"],
     )
     async def v2_model_version_ready(self, name: str, version: str) -> Response:
-        return self._v2(self._v2_model_ready, name, version)
+        return v2_http.model_answer(self.plane, v2_http.model_ready, name, version)
 
     @routes.post(
         "/v2/models/{name}/infer",
@@ -447,9 +418,8 @@ class HandServe:
         tags=["v2"],
     )
     async def v2_infer(self, request: Request, name: str) -> Response:
-        """The v2 protocol's infer: parsed by ``service.v2``, then the request path of
-        ``/predict`` (admission, engine, metrics)."""
-        return await self._v2_infer(request, name, None)
+        """The v2 protocol's infer: tensors or encoded images, then the data plane."""
+        return await v2_http.infer(self.plane, request, name, None)
 
     @routes.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -459,136 +429,23 @@ class HandServe:
         tags=["v2"],
     )
     async def v2_infer_version(self, request: Request, name: str, version: str) -> Response:
-        return await self._v2_infer(request, name, version)
-
-    def _v2(self, fn: Any, name: str, version: str | None) -> Response:
-        try:
-            return JSONResponse(fn(self._v2_resolve(name, version)))
-        except ApiError as err:
-            return v2_error(err)
-
-    def _v2_resolve(self, name: str, version: str | None) -> LoadedModel:
-        self._ready_engine()
-        return self.registry.resolve(name, v2.parse_version(version))
-
-    @staticmethod
-    def _v2_metadata(model: LoadedModel) -> dict[str, Any]:
-        return v2.model_metadata(model.name, model.version, model.runtime.name, model.manifest)
-
-    @staticmethod
-    def _v2_model_ready(model: LoadedModel) -> dict[str, Any]:
-        return {"name": model.name, "ready": True}
-
-    async def _v2_infer(self, request: Request, name: str, version: str | None) -> Response:
-        try:
-            model = self._v2_resolve(name, version)
-            body = await read_body(request, self.cfg.max_body_bytes, self.cfg.body_timeout_s)
-            body = v2_wire.decompress(
-                body, request.headers.get("content-encoding"), self.cfg.max_body_bytes
-            )
-            call = v2.parse_infer(
-                body,
-                request.headers.get(v2_wire.HEADER_LENGTH),
-                model.manifest,
-                self.cfg.max_batch_images,
-            )
-            scores = await self._v2_scores(model, call)
-            content, headers, media = v2_wire.render(
-                call.outputs, call.id, model.name, model.version, model.manifest.labels, scores
-            )
-            return Response(content, headers=headers, media_type=media)
-        except ApiError as err:
-            count_rejected(self.metrics, err)
-            return v2_error(err)
-
-    async def _v2_scores(self, model: LoadedModel, call: v2.InferCall) -> np.ndarray:
-        """Scores of a checked infer call (REST or gRPC), admitted and run by the engine."""
-        engine = self._ready_engine()
-        pixels = call.pixels
-        if pixels is not None:
-            return await self._admitted(call.count, lambda: engine.classify_pixels(model, pixels))
-        files = call.files or []
-        return await self._admitted(call.count, lambda: engine.classify(model, files))
-
-    # ------------------------------------------------------------------ the request path
-    async def _classify(
-        self, request: Request, *, batch: bool
-    ) -> tuple[LoadedModel, np.ndarray, int]:
-        """Parse, resolve, admit, decode and run: the scores of every image of the request."""
-        self._ready_engine()  # before reading the body: a loading server refuses at once
-        query = parse_params(request.query_params, "query")
-        parsed = await parse_request(
-            request,
-            batch=batch,
-            max_body_bytes=self.cfg.max_body_bytes,
-            max_images=self.cfg.max_batch_images if batch else 1,
-            body_timeout_s=self.cfg.body_timeout_s,
-            query=query,
-        )
-        params = parsed.params
-        model, scores = await self._run(params.model, params.version, parsed.images)
-        return model, scores, params.top_k or self.cfg.top_k
-
-    async def _run(
-        self, name: str | None, version: int | None, images: list[bytes]
-    ) -> tuple[LoadedModel, np.ndarray]:
-        """Resolve the model, admit the images, decode and run them: their scores, in order."""
-        engine = self._ready_engine()
-        model = self.registry.resolve(name, version)
-        return model, await self._admitted(len(images), lambda: engine.classify(model, images))
-
-    def _ready_engine(self) -> Engine:
-        """The engine, once every model is loaded and warm; before that, 503 ``not_ready``."""
-        if not self.registry.ready or self.engine is None:
-            why = self.registry.load_error or "models are still loading"
-            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
-        return self.engine
-
-    async def _admitted(self, n: int, run: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
-        """``run()`` for ``n`` images within the admission cap (503 ``overloaded`` beyond it)."""
-        self.admission.acquire(n)
-        try:
-            return await run()
-        finally:
-            self.admission.release(n)
-
-
-def _server_dir() -> Path:
-    """The folder the worker processes of one server share: readiness marks, the load board.
-
-    BentoML answers ``/readyz`` from whichever worker gets the request, and each worker loads
-    its models itself; the server is ready only when all are, so each marks itself ready here.
-    The connection balancing's load board (service.balance) is a file here too. The workers
-    share a parent (the ``bentoml serve`` process), so its PID names the folder.
-    """
-    return Path(tempfile.gettempdir()) / f"handserve-ready-{os.getppid()}"
+        return await v2_http.infer(self.plane, request, name, version)
 
 
 def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
     return {"predictions": top_k(scores, model.manifest.labels, k)}
 
 
-# ---------------------------------------------------------------------- errors, demo page
-def _current(attribute: str) -> Callable[[], Any]:
-    """A getter of one attribute of the service instance BentoML made (in-process tests make
-    their own), or None before there is an instance."""
-
-    def get() -> Any:
-        try:
-            return getattr(bentoml.get_current_service(), attribute)
-        except BentoMLException:  # no instance yet: nothing to count into or balance
-            return None
-
-    return get
-
-
-install_error_handlers(app, _current("metrics"))
-routes.bind(app, bentoml.get_current_service)
+# ---------------------------------------------------------------------- wiring, demo page
+install_error_handlers(app)
+routes.bind(app, lambda: app.state.service)
 # The decorator made HandServe a bentoml Service (typed as the class it wraps).
 _bentoml_service: Any = HandServe
 _bentoml_service.add_asgi_middleware(JSONErrors)
 if BALANCING:
-    _bentoml_service.add_asgi_middleware(balance.CloseToRebalance, balancer=_current("balancer"))
+    _bentoml_service.add_asgi_middleware(
+        balance.CloseToRebalance, balancer=lambda: getattr(app.state, "balancer", None)
+    )
 
 
 @app.get("/demo", include_in_schema=False)

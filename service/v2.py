@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
@@ -35,6 +35,10 @@ from service.errors import ApiError
 from service.parsing import b64decode
 from service.schemas import MAX_INT_DIGITS, MAX_NAME_LENGTH, PositiveInt, describe_validation
 from service.v2_wire import OUTPUT, Output, deserialize_bytes, split_body
+
+if TYPE_CHECKING:
+    from service.dataplane import DataPlane
+    from service.registry import LoadedModel
 
 TENSOR_INPUT = "image"
 BYTES_INPUT = "image_bytes"
@@ -119,6 +123,26 @@ def parse_version(version: str | None) -> int | None:
     if number is None:
         raise ApiError("unknown_version", f"version {version[:20]!r} is not served")
     return number
+
+
+# ---------------------------------------------------------------------- the data plane
+def resolve(plane: DataPlane, name: str, version: str | None) -> LoadedModel:
+    """The served model a protocol request names: the name from the path (or the message),
+    the version as a string (empty or None: the served one)."""
+    plane.check_ready()
+    return plane.resolve(name, parse_version(version))
+
+
+async def scores(plane: DataPlane, model: LoadedModel, call: InferCall) -> np.ndarray:
+    """The scores of a checked infer call (REST or gRPC): its tensor or its encoded images."""
+    if call.pixels is not None:
+        return await plane.classify_tensors(model, call.pixels)
+    return await plane.classify(model, call.files or [])
+
+
+def metadata_of(model: LoadedModel) -> dict[str, Any]:
+    """:func:`model_metadata` of a served model."""
+    return model_metadata(model.name, model.version, model.runtime.name, model.manifest)
 
 
 # ---------------------------------------------------------------------- metadata

@@ -36,6 +36,7 @@ from service import v2, v2_wire
 from service.errors import ApiError, count_rejected
 
 if TYPE_CHECKING:
+    from service.dataplane import DataPlane
     from service.registry import LoadedModel
 
 log = logging.getLogger("handserve.service")
@@ -201,18 +202,12 @@ def model_metadata(meta: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------------- the server
 @dataclass(frozen=True)
 class Backend:
-    """What the gRPC methods need of the running service (``HandServe`` builds it): the same
-    readiness, model lookup, metadata and request path as its REST v2 routes."""
+    """What the gRPC methods need of the running service: its data plane (models, admission,
+    engine, metrics and limits, as the REST routes use them) and the server's readiness."""
 
+    plane: DataPlane
+    #: the server's readiness (every worker warm), as ``/readyz`` and ``/v2/health/ready`` say
     is_ready: Callable[[], bool]
-    #: (name, version or "") -> the served model; an ApiError as the REST route raises it
-    resolve: Callable[[str, str | None], LoadedModel]
-    metadata: Callable[[LoadedModel], dict[str, Any]]
-    #: the scores of a checked call, admitted and run by the service's engine
-    scores: Callable[[LoadedModel, v2.InferCall], Awaitable[np.ndarray]]
-    max_images: int
-    max_message_bytes: int
-    metrics: Any
     version: str
 
 
@@ -236,7 +231,7 @@ class InferenceServicer:
         empty one is a request that names no model, not a request for the default model."""
         if not name:
             raise ApiError("unknown_model", "the request names no model")
-        return self.backend.resolve(name, version)
+        return v2.resolve(self.backend.plane, name, version)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         """Ready when the model is served and warm; a model refused at load, unknown, or on a
@@ -249,12 +244,13 @@ class InferenceServicer:
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         model = self._resolve(request.name, request.version)
-        return model_metadata(self.backend.metadata(model))
+        return model_metadata(v2.metadata_of(model))
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         model = self._resolve(request.model_name, request.model_version)
-        call = parse_request(request, model.manifest, self.backend.max_images)
-        scores = await self.backend.scores(model, call)
+        plane = self.backend.plane
+        call = parse_request(request, model.manifest, plane.cfg.max_batch_images)
+        scores = await v2.scores(plane, model, call)
         return infer_response(call, model.name, model.version, model.manifest.labels, scores)
 
 
@@ -310,10 +306,10 @@ async def start(backend: Backend, host: str, port: int) -> grpc.aio.Server:
     """A started ``grpc.aio`` server on ``host:port`` in this worker (``SO_REUSEPORT``)."""
     servicer = InferenceServicer(backend)
     handlers = {
-        method: _handler(backend.metrics, method, getattr(servicer, method), message)
+        method: _handler(backend.plane.metrics, method, getattr(servicer, method), message)
         for method, message in METHODS.items()
     }
-    limit = backend.max_message_bytes + MESSAGE_OVERHEAD
+    limit = backend.plane.cfg.max_body_bytes + MESSAGE_OVERHEAD
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),

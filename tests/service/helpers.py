@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import shutil
 import subprocess
@@ -66,28 +65,27 @@ def running_server(
 def inprocess_client(cfg: ServiceConfig, *, load: bool = True) -> Iterator[tuple[Any, Any]]:
     """The service's FastAPI app driven in-process, with a service instance built for ``cfg``.
 
-    The instance is made as ``bentoml serve`` makes it (the class BentoML wraps, registered as
-    the current service) but with its own config and Prometheus registry. With ``load`` its
-    models are loaded and it is ready; without, it answers as a server still loading.
+    The instance is made as ``bentoml serve`` makes it (the class BentoML wraps) but with its
+    own config and Prometheus registry, and started through its real start-up hook
+    (``HandServe.start``: the gRPC port if asked for, the background load, the reload watcher).
+    With ``load`` the client is yielded once loading has finished; without, before it starts,
+    so the app answers as a server still loading.
     """
-    current = importlib.import_module("_bentoml_sdk.service")  # the module, not the decorator
     from prometheus_client import CollectorRegistry
     from starlette.testclient import TestClient
 
     from service.service import HandServe, app
 
     svc = HandServe.inner(cfg, CollectorRegistry())
-    if load:
-        svc.registry.load_all()
-        svc.engine = svc._make_engine()
-        svc.registry.mark_ready()
-    previous = current._current_service
-    current.set_current_service(svc)
-    try:
-        with TestClient(app) as client:
+    with TestClient(app) as client:
+        if load:
+            client.portal.call(svc.start)
+            client.portal.call(svc.loaded)
+        try:
             yield client, svc
-    finally:
-        current.set_current_service(previous)
+        finally:
+            if load:
+                client.portal.call(svc.stop)
 
 
 def predict_batch_scores(url: str, model: str, images: list[bytes]) -> np.ndarray:

@@ -186,11 +186,11 @@ def test_app_refuses_beyond_capacity_with_retry_after(models_dir: Path) -> None:
     )
     imgs = [base64.b64encode(digit_png(i)).decode() for i in range(3)]
     with inprocess_client(cfg) as (c, svc):
-        svc.admission.acquire(2)  # two images of another request still in flight
+        svc.plane.admission.acquire(2)  # two images of another request still in flight
         resp = c.post("/predict_batch", json={"images": imgs})
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "3"
         assert resp.json()["error"]["code"] == "overloaded"
-        svc.admission.release(2)
+        svc.plane.admission.release(2)
         assert c.post("/predict_batch", json={"images": imgs}).status_code == 200
 
 
@@ -202,7 +202,7 @@ def test_a_bad_image_in_a_split_batch_is_named(models_dir: Path) -> None:
     imgs = [base64.b64encode(digit_png(i)).decode() for i in range(4)]
     imgs[2] = base64.b64encode(b"not an image").decode()
     with inprocess_client(cfg) as (c, svc):
-        svc.engine = ParallelEngine(cfg.max_pixels, None, inline=InlineLimits(0, 0))
+        svc.plane.engine = ParallelEngine(cfg.max_pixels, None, inline=InlineLimits(0, 0))
         resp = c.post("/predict_batch", json={"images": imgs})
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["message"].startswith("image 2:")

@@ -447,11 +447,11 @@ def test_infer_shares_admission_metrics_and_readiness(tiny_export: Path, tmp_pat
         assert resp.status_code == 503 and "loading" in resp.json()["error"]
         assert c.get("/v2/health/ready").json() == {"ready": False}
     with inprocess_client(cfg) as (c, svc):
-        svc.admission.acquire(2)  # two images of another request still in flight
+        svc.plane.admission.acquire(2)  # two images of another request still in flight
         resp = c.post("/v2/models/tiny/infer", **request)
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "3"
         assert "capacity" in resp.json()["error"]
-        svc.admission.release(2)
+        svc.plane.admission.release(2)
 
         def predicted_total() -> float:
             return sum(
@@ -464,7 +464,7 @@ def test_infer_shares_admission_metrics_and_readiness(tiny_export: Path, tmp_pat
         before = predicted_total()
         assert c.post("/v2/models/tiny/infer", **request).status_code == 200
         assert predicted_total() == before + 3
-        assert svc.admission.inflight == 0
+        assert svc.plane.admission.inflight == 0
         rejected = svc.metrics.rejected_inputs.labels(reason="bad_request")
         count = rejected._value.get()
         c.post("/v2/models/tiny/infer", json={"inputs": []})

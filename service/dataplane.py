@@ -1,0 +1,126 @@
+"""The data plane: what every protocol calls to answer an inference request.
+
+REST's image API (``/predict``), BentoML's typed endpoints (``/classify``), the Open Inference
+Protocol over REST (:mod:`service.v2_http`) and over gRPC (:mod:`service.v2_grpc`) parse their
+own wire formats, then call the same five things here: :meth:`DataPlane.ready`,
+:meth:`~DataPlane.resolve`, :meth:`~DataPlane.classify` (encoded images),
+:meth:`~DataPlane.classify_tensors` (pixels at the model's input size) and
+:meth:`~DataPlane.describe`. Behind them are the model registry (:mod:`service.registry`: which
+version of which model is served), admission (a per-worker cap on images in flight) and the
+engine (:mod:`service.inference`: LiteRT side by side, or adaptive batches for SavedModel).
+KServe's ``DataPlane`` has the same role; nothing here knows HTTP, gRPC or BentoML, so the
+protocol front ends stay thin and every protocol answers the same scores with the same limits
+and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import numpy as np
+
+from service.config import ServiceConfig
+from service.errors import ApiError
+from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
+from service.registry import LoadedModel, ModelRegistry
+
+log = logging.getLogger("handserve.dataplane")
+
+
+class DataPlane:
+    """The models of one worker process, and the only way requests reach them."""
+
+    def __init__(self, cfg: ServiceConfig, metrics: Any) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.registry = ModelRegistry(cfg, metrics)
+        self.admission = Admission(cfg.max_inflight_images, cfg.retry_after_s)
+        self.engine: Engine | None = None  # chosen once the runtime is known (load)
+
+    # ------------------------------------------------------------------ loading
+    async def load(self) -> None:
+        """Load, verify and warm every model of the models folder, then choose the engine.
+
+        A bad model is refused (``describe`` says why) rather than raised; what raises is a
+        failure of the whole folder or runtime, which keeps the worker unready.
+        """
+        await anyio.to_thread.run_sync(self.registry.load_all)
+        self.engine = self._make_engine()
+        if isinstance(self.engine, BatchingEngine):
+            for model in self.registry.models.values():
+                await self.engine.warm_up(model)
+
+    def _make_engine(self) -> Engine:
+        """Batching where it pays (SavedModel), parallel interpreters where it does not."""
+        from handserve.runtimes import SavedModelRuntime
+
+        if self.registry.runtime_name == SavedModelRuntime.name:
+            return BatchingEngine(
+                self.cfg.max_batch_size,
+                self.cfg.max_latency_ms,
+                self.cfg.max_pixels,
+                self.metrics,
+                retire_after_s=self.cfg.timeout_s,
+            )
+        return ParallelEngine(self.cfg.max_pixels, self.metrics)
+
+    def mark_ready(self) -> None:
+        """Open the plane to requests (the service calls it once its own start-up is done)."""
+        self.registry.mark_ready()
+
+    def refuse_all(self, why: str) -> None:
+        """Keep the plane closed: every request answers 503 ``not_ready`` with ``why``."""
+        self.registry.load_error = why
+
+    @property
+    def ready(self) -> bool:
+        """Every model of this worker is loaded and warm, and requests are let in."""
+        return self.registry.ready and self.engine is not None
+
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """The served version of each model, by name."""
+        return self.registry.models
+
+    # ------------------------------------------------------------------ requests
+    def check_ready(self) -> Engine:
+        """The engine, once ready; before that, 503 ``not_ready`` with the reason.
+
+        Protocols call this before reading a request body, so a loading server refuses at once.
+        """
+        if not self.registry.ready or self.engine is None:
+            why = self.registry.load_error or "models are still loading"
+            raise ApiError("not_ready", why, headers={"Retry-After": "1"})
+        return self.engine
+
+    def resolve(self, name: str | None, version: int | None) -> LoadedModel:
+        """The served model a request names (None: the default model, the served version)."""
+        self.check_ready()
+        return self.registry.resolve(name, version)
+
+    async def classify(self, model: LoadedModel, images: list[bytes]) -> np.ndarray:
+        """Scores ``(len(images), num_classes)`` of encoded images, in order, decoded as the
+        model's input contract says; ApiError names a bad image by its place."""
+        engine = self.check_ready()
+        return await self._admitted(len(images), lambda: engine.classify(model, images))
+
+    async def classify_tensors(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
+        """Scores of images already at the model's input size ``(N, H, W, C)``."""
+        engine = self.check_ready()
+        return await self._admitted(len(pixels), lambda: engine.classify_pixels(model, pixels))
+
+    async def _admitted(self, n: int, run: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
+        """``run()`` for ``n`` images within the admission cap (503 ``overloaded`` beyond it)."""
+        self.admission.acquire(n)
+        try:
+            return await run()
+        finally:
+            self.admission.release(n)
+
+    def describe(self) -> dict[str, Any]:
+        """What is served (labels, input contract, runtime, files, export metrics) and what was
+        refused, with the reason (``GET /models``)."""
+        return self.registry.describe()
