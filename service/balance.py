@@ -211,3 +211,21 @@ class CloseToRebalance:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+
+def start(folder: Path, workers: int, index: int, metrics: Any) -> ConnectionBalancer | None:
+    """This worker's balancer over the load board in ``folder`` (``index`` is 0-based), its
+    ticks published as the per-worker gauges; None (with a warning) where the board cannot be
+    opened: serving goes on and connections stay where they land."""
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        board = LoadBoard(folder / "load", workers, index)
+    except (OSError, ValueError) as exc:
+        log.warning("connection balancing is off in this worker: %s", exc)
+        return None
+
+    def publish(cpu_share: float, connections: int) -> None:
+        metrics.worker_cpu.set(cpu_share)
+        metrics.worker_connections.set(connections)
+
+    return ConnectionBalancer(board, on_shed=metrics.rebalanced.inc, on_tick=publish)

@@ -29,12 +29,12 @@ from typing import Any
 import yaml
 
 from handserve import artifacts
+from handserve.adapters.bentoml import BUILD_FRAME
 from handserve.runtimes import LiteRTRuntime
 
 log = logging.getLogger(__name__)
 
 ALLOW_ENV = "HANDSERVE_ALLOW_EMPTY_BENTO"
-_BUILDER = ("bentoml._internal.bento.bento", "create")  # BentoML 1.4: Bento.create
 
 
 class EmptyBentoError(RuntimeError):
@@ -61,7 +61,7 @@ def building_bento(frame: FrameType | None = None) -> BuildTarget | None:
     """The Bento being built when called under ``bentoml build``, else None."""
     frame = frame or sys._getframe(1)
     while frame is not None:
-        if (frame.f_globals.get("__name__"), frame.f_code.co_name) == _BUILDER:
+        if (frame.f_globals.get("__name__"), frame.f_code.co_name) == BUILD_FRAME:
             config: Any = frame.f_locals.get("build_config")
             context = frame.f_locals.get("build_ctx") or os.getcwd()
             envs = {e.name: e.value for e in getattr(config, "envs", None) or []}

@@ -15,6 +15,7 @@ and metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from service import reload as model_reload
 from service.config import ServiceConfig
 from service.errors import ApiError
 from service.inference import Admission, BatchingEngine, Engine, ParallelEngine
@@ -39,19 +41,32 @@ class DataPlane:
         self.registry = ModelRegistry(cfg, metrics)
         self.admission = Admission(cfg.max_inflight_images, cfg.retry_after_s)
         self.engine: Engine | None = None  # chosen once the runtime is known (load)
+        self._watcher: model_reload.ModelWatcher | None = None  # when reload is on
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
-        """Load, verify and warm every model of the models folder, then choose the engine.
+        """Load, verify and warm every model of the models folder, choose the engine, and
+        start watching the folder for new versions when reload is on.
 
         A bad model is refused (``describe`` says why) rather than raised; what raises is a
-        failure of the whole folder or runtime, which keeps the worker unready.
+        failure of the whole folder or runtime, which keeps the worker unready. With reload on
+        and no model yet (an empty volume), it returns once one has arrived.
         """
         await anyio.to_thread.run_sync(self.registry.load_all)
         self.engine = self._make_engine()
         if isinstance(self.engine, BatchingEngine):
             for model in self.registry.models.values():
                 await self.engine.warm_up(model)
+        if self.cfg.warmup_delay_s:
+            await asyncio.sleep(self.cfg.warmup_delay_s)
+        self._watcher = model_reload.start(self.registry, self.engine)
+        if not self.registry.models and self._watcher is not None:
+            await self._watcher.wait_for_models()  # an empty volume: serve what arrives
+
+    async def stop(self) -> None:
+        """Stop watching the models folder (requests in flight finish on their versions)."""
+        if self._watcher is not None:
+            await self._watcher.stop()
 
     def _make_engine(self) -> Engine:
         """Batching where it pays (SavedModel), parallel interpreters where it does not."""

@@ -296,9 +296,9 @@ class BatchingEngine:
         key = (model.name, model.version)
         entry = self._dispatchers.get(key)
         if entry is None:
-            # BentoML's public API batches only behind an HTTP route; the dispatcher class is
-            # the same one, imported from its module (bentoml is pinned to 1.4.x).
-            from bentoml._internal.marshal.dispatcher import CorkDispatcher
+            # BentoML's public API batches only behind an HTTP route; the dispatcher is the
+            # same one (handserve.adapters.bentoml: bentoml is pinned to 1.4.x).
+            from handserve.adapters.bentoml import cork_dispatcher
 
             def overloaded() -> Any:
                 raise ApiError(
@@ -307,11 +307,8 @@ class BatchingEngine:
                     headers={"Retry-After": "1"},
                 )
 
-            dispatcher: Any = CorkDispatcher(
-                max_latency_in_ms=self.max_latency_ms,
-                max_batch_size=self.max_batch_size,
-                fallback=overloaded,
-                get_batch_size=lambda item: 1,
+            dispatcher = cork_dispatcher(
+                self.max_latency_ms, self.max_batch_size, overloaded, lambda item: 1
             )
             entry = self._dispatchers[key] = (dispatcher(self._batch_fn(model)), dispatcher)
             self._retire_older(model.name, model.version)

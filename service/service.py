@@ -41,7 +41,6 @@ from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
 from service import balance, bento_guard, v2, v2_http, workers
 from service import metrics as metrics_mod
-from service import reload as model_reload
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
 from service.errors import STATUS, ApiError, JSONErrors, install_error_handlers, is_input_error
@@ -120,7 +119,6 @@ class HandServe:
         self.metrics = metrics_mod.create(self.cfg.max_batch_size, metrics_registry)
         self.plane = DataPlane(self.cfg, self.metrics)
         self._loader: asyncio.Task[None] | None = None
-        self._watcher: model_reload.ModelWatcher | None = None  # new versions, when reload is on
         self._all_ready = False
         self._grpc: Any = None  # the Open Inference Protocol's gRPC server, when grpc_port is set
         #: This worker's side of the connection balancing (service.balance); None with one
@@ -148,23 +146,10 @@ class HandServe:
         index = bentoml.server_context.worker_index  # 1-based; None outside `bentoml serve`
         if not BALANCING or index is None:
             return
-        try:
-            folder = workers.server_dir()
-            folder.mkdir(mode=0o700, exist_ok=True)
-            board = balance.LoadBoard(folder / "load", WORKERS, index - 1)
-        except (OSError, ValueError) as exc:  # serving goes on; connections stay where they land
-            log.warning("connection balancing is off in this worker: %s", exc)
-            return
-
-        def publish(cpu_share: float, connections: int) -> None:
-            self.metrics.worker_cpu.set(cpu_share)
-            self.metrics.worker_connections.set(connections)
-
-        self.balancer = balance.ConnectionBalancer(
-            board, on_shed=self.metrics.rebalanced.inc, on_tick=publish
-        )
-        app.state.balancer = self.balancer
-        self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
+        self.balancer = balance.start(workers.server_dir(), WORKERS, index - 1, self.metrics)
+        if self.balancer is not None:
+            app.state.balancer = self.balancer
+            self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
 
     async def _start_grpc(self) -> None:
         """The gRPC port of this worker; one that cannot listen keeps the server unready."""
@@ -178,14 +163,9 @@ class HandServe:
             log.error("gRPC port %s: %s; /readyz stays 503", self.cfg.grpc_port, exc)
 
     async def load(self) -> None:
-        """Load, verify and warm every model, watch for new versions, then turn ready."""
+        """The data plane's load, then ready: in this worker, and marked for its peers."""
         try:
             await self.plane.load()
-            if self.cfg.warmup_delay_s:
-                await asyncio.sleep(self.cfg.warmup_delay_s)
-            self._watcher = model_reload.start(self.plane.registry, self.plane.engine)
-            if not self.plane.models and self._watcher is not None:
-                await self._watcher.wait_for_models()  # an empty volume: serve what arrives
             if self.cfg.grpc_port and self._grpc is None:
                 return  # the gRPC port was asked for and could not listen (logged)
             if not self.plane.models:
@@ -228,8 +208,7 @@ class HandServe:
     @bentoml.on_shutdown
     async def stop(self) -> None:
         """Stop watching, close the gRPC port (in-flight calls get 5 s), stop balancing."""
-        if self._watcher is not None:
-            await self._watcher.stop()
+        await self.plane.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
         if self._balancing is not None:

@@ -1,0 +1,1 @@
+"""One module per library whose private internals the project uses: upgrades break here, once."""
