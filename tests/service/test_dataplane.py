@@ -1,0 +1,103 @@
+"""The data plane (service/dataplane.py) on its own: what every protocol calls.
+
+No HTTP here: the plane is loaded through its real ``load`` and asked directly, so a protocol
+front end (REST, typed API, v2 REST, gRPC) only has to translate. The app-level tests check
+that the front ends give the plane's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from handserve import artifacts
+from handserve.images import decode_image
+from service import metrics as metrics_mod
+from service.config import ServiceConfig
+from service.dataplane import DataPlane
+from service.errors import ApiError
+from tests.service.helpers import digit_png
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models_dir(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("plane") / "models"
+    shutil.copytree(tiny_export, root / "tiny" / "1")
+    return root
+
+
+def plane_for(models_dir: Path, **settings: object) -> DataPlane:
+    from prometheus_client import CollectorRegistry
+
+    cfg = ServiceConfig(models_dir=str(models_dir), runtime="litert", **settings)  # type: ignore[arg-type]
+    return DataPlane(cfg, metrics_mod.create(cfg.max_batch_size, CollectorRegistry()))
+
+
+def test_a_plane_refuses_until_loaded_and_opened(models_dir: Path) -> None:
+    plane = plane_for(models_dir)
+    with pytest.raises(ApiError) as err:
+        plane.resolve(None, None)
+    assert err.value.code == "not_ready" and err.value.headers["Retry-After"] == "1"
+
+    async def load() -> None:
+        await plane.load()
+        try:
+            assert not plane.ready  # loaded, but the service has not opened it yet
+            plane.mark_ready()
+            assert plane.ready
+        finally:
+            await plane.stop()
+
+    asyncio.run(load())
+    assert plane.resolve(None, None).name == "tiny"
+    assert [(m["name"], m["version"]) for m in plane.describe()["models"]] == [("tiny", 1)]
+
+
+def test_images_and_tensors_give_the_same_scores_within_the_admission_cap(
+    models_dir: Path,
+) -> None:
+    plane = plane_for(models_dir, max_inflight_images=3, max_batch_images=3)
+    blobs = [digit_png(i) for i in range(3)]
+
+    async def run() -> tuple[np.ndarray, np.ndarray]:
+        await plane.load()
+        plane.mark_ready()
+        model = plane.resolve("tiny", 1)
+        spec = artifacts.read_manifest(models_dir / "tiny" / "1").input.image_spec
+        pixels = np.stack([decode_image(b, spec) for b in blobs])
+        from_files = await plane.classify(model, blobs)
+        from_tensors = await plane.classify_tensors(model, pixels)
+        plane.admission.acquire(1)  # one image of another request in flight: 3 more is over
+        try:
+            with pytest.raises(ApiError) as err:
+                await plane.classify(model, blobs)
+            assert err.value.code == "overloaded"
+        finally:
+            plane.admission.release(1)
+        await plane.stop()
+        return from_files, from_tensors
+
+    from_files, from_tensors = asyncio.run(run())
+    assert from_files.shape == (3, len(artifacts.read_manifest(models_dir / "tiny" / "1").labels))
+    np.testing.assert_allclose(from_files, from_tensors, atol=1e-6)
+    assert plane.admission.inflight == 0
+
+
+def test_an_unknown_model_or_version_is_refused_by_name(models_dir: Path) -> None:
+    plane = plane_for(models_dir)
+
+    async def load() -> None:
+        await plane.load()
+        plane.mark_ready()
+
+    asyncio.run(load())
+    for name, version, code in (("nope", None, "unknown_model"), ("tiny", 9, "unknown_version")):
+        with pytest.raises(ApiError) as err:
+            plane.resolve(name, version)
+        assert err.value.code == code
