@@ -25,6 +25,7 @@ import numpy as np
 
 from handserve.hands import HandModelsMissing
 from handserve.images import ImageDecodeError, decode_image
+from service import deadline
 from service.errors import ApiError
 from service.registry import LoadedModel
 
@@ -124,6 +125,7 @@ def decode_all(
     out = np.empty((len(blobs), *model.manifest.input.shape), np.uint8)
     seconds = []
     for i, blob in enumerate(blobs):
+        deadline.check()  # a request answered 504 already decodes nothing more
         t0 = time.perf_counter()
         try:
             out[i] = decode_image(blob, spec, max_pixels=cap)
@@ -201,6 +203,7 @@ class ParallelEngine:
         self, model: LoadedModel, x: np.ndarray, enqueued: float, started: float | None = None
     ) -> np.ndarray:
         """One model call and its metrics; ``started`` is when the request's work began."""
+        deadline.check()
         t0 = time.perf_counter()
         scores = model.runtime.predict(x)
         wait = (t0 if started is None else started) - enqueued

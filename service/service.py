@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 import handserve
 from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import balance, bento_guard, v2, v2_http, workers
+from service import balance, bento_guard, deadline, v2, v2_http, workers
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
@@ -103,7 +103,8 @@ routes = ClassRoutes()
     name="handserve",
     workers=WORKERS,
     threads=CONFIG.threads,
-    traffic={"timeout": CONFIG.timeout_s},
+    # service.deadline answers at timeout_s in the API's error shape; BentoML's is a backstop.
+    traffic={"timeout": CONFIG.timeout_s + deadline.BACKSTOP_S},
     tracing={"excluded_urls": "predict,predict_batch,infer"},
     logging={"access": {"enabled": CONFIG.access_log}},
 )
@@ -421,6 +422,7 @@ routes.bind(app, lambda: app.state.service)
 # The decorator made HandServe a bentoml Service (typed as the class it wraps).
 _bentoml_service: Any = HandServe
 _bentoml_service.add_asgi_middleware(JSONErrors)
+_bentoml_service.add_asgi_middleware(deadline.Deadline, timeout_s=CONFIG.timeout_s)
 if BALANCING:
     _bentoml_service.add_asgi_middleware(
         balance.CloseToRebalance, balancer=lambda: getattr(app.state, "balancer", None)

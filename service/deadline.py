@@ -1,0 +1,103 @@
+"""A request that runs past ``timeout_s`` is answered 504 in the API's error shape, and stops.
+
+BentoML's own timeout (``traffic.timeout``) answers ``{"error": "Not able to process the
+request in N seconds"}`` from outside every middleware of the service, so clients of the image
+API got a second error shape, and the work went on: decoding and model calls run in threads,
+which cancelling the request does not stop (measured: a worker stayed busy 3-7 s after the 504).
+
+:class:`Deadline` runs inside BentoML's stack, a little before BentoML's timeout (which stays,
+``timeout_s`` + :data:`BACKSTOP_S` later, for anything that ignores this one). At the deadline it
+answers 504 ``timeout`` itself, in the shape of the API the path belongs to (the Open Inference
+Protocol's ``{"error": "..."}`` under ``/v2``), cancels the request, and marks it expired: the
+request's own code calls :func:`check` before each image it decodes and before each model call,
+and so stops at the next image, in whichever thread it runs (the mark is a context variable,
+which ``anyio.to_thread`` carries into its threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from contextvars import ContextVar
+from typing import Any
+
+from service.errors import V2_PREFIX, ApiError
+
+#: BentoML's own timeout is set this much later than ours: a backstop, never the first answer.
+BACKSTOP_S = 5.0
+#: Probes and metrics answer at once and must never be cut off by a slow model.
+SKIP_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+_expired: ContextVar[threading.Event | None] = ContextVar("handserve_expired", default=None)
+
+
+class Expired(ApiError):
+    """Raised by :func:`check` in a request whose deadline passed (its answer is already sent)."""
+
+    def __init__(self) -> None:
+        super().__init__("timeout", "the request ran past the server's timeout")
+
+
+def check() -> None:
+    """Stop here if the request this code works for has already been answered 504."""
+    event = _expired.get()
+    if event is not None and event.is_set():
+        raise Expired
+
+
+def timeout_body(path: str, timeout_s: float) -> bytes:
+    """The 504's body, in the error shape of the API ``path`` belongs to."""
+    err = ApiError("timeout", f"the request did not finish within the timeout ({timeout_s:g} s)")
+    return json.dumps(err.v2_body() if path.startswith(V2_PREFIX) else err.body()).encode()
+
+
+class Deadline:
+    """ASGI middleware: 504 ``timeout`` at ``timeout_s`` unless the response has started."""
+
+    def __init__(self, app: Any, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in SKIP_PATHS:
+            await self.app(scope, receive, send)
+            return
+        expired = threading.Event()
+        started = asyncio.Event()
+
+        async def send_once(message: dict[str, Any]) -> None:
+            if expired.is_set():
+                return  # answered 504 already: the late answer is dropped
+            started.set()
+            await send(message)
+
+        token = _expired.set(expired)
+        try:  # the task copies the context now, with the mark in it
+            task = asyncio.ensure_future(self.app(scope, receive, send_once))
+        finally:
+            _expired.reset(token)
+        waiter = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait(
+                {task, waiter}, timeout=self.timeout_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            waiter.cancel()
+        if task.done() or started.is_set():
+            await task  # finished, or answering: let it finish (its errors are its own)
+            return
+        expired.set()
+        task.cancel()
+        task.add_done_callback(_consume)
+        body = timeout_body(str(scope.get("path", "")), self.timeout_s)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 504, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Read a cancelled request's outcome, so asyncio does not log it as never retrieved."""
+    with contextlib.suppress(BaseException):
+        task.result()
