@@ -1,0 +1,121 @@
+"""docs/service.md's reference tables list what the code has, read from the code itself.
+
+The "Configuration" table must hold a row per field of ``ServiceConfig`` (with its
+``HANDSERVE_*`` variable and its default) and the "Metrics" table a row per metric that
+``service.metrics.create`` makes; a row naming something the code no longer has fails too.
+Before this test, both tables had drifted: the gRPC settings and metrics were missing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import prometheus_client
+import pytest
+
+from service import metrics
+from service.config import ENV_PREFIX, ServiceConfig
+from tests.conftest import REPO
+
+SERVICE_DOC = REPO / "docs" / "service.md"
+#: A name in backticks: `models_dir`, `HANDSERVE_MODELS_DIR`, `handserve_batch_size`.
+TICKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def section(heading: str) -> str:
+    """The text under ``## heading`` of docs/service.md, up to the next ``## `` heading."""
+    text = SERVICE_DOC.read_text(encoding="utf-8")
+    found = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert found, f"{SERVICE_DOC.name} has no '## {heading}' section"
+    return found.group(1)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every table body row in ``text`` (header and ``|---|`` rows left out)."""
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if all(set(cell) <= set("-: ") for cell in cells):  # the |---| line
+            continue
+        rows.append(cells)
+    return rows[1:] if rows else rows  # the first row is the header
+
+
+def rows_by_first_name(heading: str, keep: re.Pattern[str]) -> dict[str, list[str]]:
+    """Each backticked name matching ``keep`` in a row's first cell -> that row."""
+    out: dict[str, list[str]] = {}
+    for cells in table_rows(section(heading)):
+        for name in TICKED.findall(cells[0]):
+            if keep.fullmatch(name):
+                out[name] = cells
+    return out
+
+
+def config_rows() -> dict[str, list[str]]:
+    return rows_by_first_name("Configuration", re.compile(r"[a-z][a-z0-9_]*"))
+
+
+def shown(default: Any) -> str:
+    """A default as the table writes it: what one would type in a config file or variable."""
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    if isinstance(default, dict):
+        return "{}" if not default else str(default)
+    return str(default)
+
+
+def test_every_config_field_has_a_row() -> None:
+    rows = config_rows()
+    missing = sorted(set(ServiceConfig.model_fields) - set(rows))
+    assert not missing, (
+        f"ServiceConfig fields missing from the table under '## Configuration' in "
+        f"{SERVICE_DOC.relative_to(REPO)}: {missing}"
+    )
+
+
+def test_no_config_row_names_a_field_that_is_gone() -> None:
+    stale = sorted(set(config_rows()) - set(ServiceConfig.model_fields))
+    assert not stale, f"the Configuration table names no-longer-existing fields: {stale}"
+
+
+@pytest.mark.parametrize("name", sorted(ServiceConfig.model_fields))
+def test_config_row_gives_the_variable_and_the_default(name: str) -> None:
+    cells = config_rows().get(name)
+    if cells is None:
+        pytest.fail(f"no Configuration row for {name}")
+    variable = ENV_PREFIX + name.upper()
+    assert f"`{variable}`" in cells[1], f"{name}: the variable column should say `{variable}`"
+    default = ServiceConfig.model_fields[name].get_default(call_default_factory=True)
+    written = cells[2].replace("`", "").replace(",", "").split(" ")[0]
+    assert written == shown(default), (
+        f"{name}: the table's default is {cells[2]!r}, the code's is {default!r} "
+        f"(write it as {shown(default)!r})"
+    )
+
+
+def metric_names() -> set[str]:
+    """Every metric ``service.metrics.create`` makes, as ``/metrics`` names it."""
+    registry = prometheus_client.CollectorRegistry()
+    metrics.create(max_batch_size=64, registry=registry)
+    # prometheus_client keeps a counter's family name without its "_total" suffix.
+    return {m.name + "_total" if m.type == "counter" else m.name for m in registry.collect()}
+
+
+def test_every_metric_has_a_row() -> None:
+    names = metric_names()
+    assert len(names) >= 10, names  # the registry really was filled
+    rows = rows_by_first_name("Metrics", re.compile(r"handserve_[a-z0-9_]+"))
+    missing = sorted(names - set(rows))
+    assert not missing, (
+        f"metrics missing from the table under '## Metrics' in "
+        f"{SERVICE_DOC.relative_to(REPO)}: {missing}"
+    )
+    stale = sorted(set(rows) - names)
+    assert not stale, f"the Metrics table names metrics the code does not make: {stale}"
