@@ -1,6 +1,6 @@
 """From encoded images to scores: decode, then run the model the way its runtime pays.
 
-Measured on 2 CPU cores (docs/service.md has the tables): LiteRT gains nothing from batches
+Measured on 2 CPU cores (docs/benchmarks/serving.md has the tables): LiteRT gains nothing from batches
 on a CPU, so :class:`ParallelEngine` runs each request at once, side by side with the other
 worker processes (one per core), on the event loop when the work is small. TensorFlow
 SavedModel, the GPU path, multiplies its throughput with batches (digits CNN: 930 to 4,700

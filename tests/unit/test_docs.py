@@ -1,14 +1,18 @@
-"""docs/service.md's reference tables list what the code has, read from the code itself.
+"""The docs keep up with the code: reference tables read from the code, links that resolve.
 
-The "Configuration" table must hold a row per field of ``ServiceConfig`` (with its
-``HANDSERVE_*`` variable and its default) and the "Metrics" table a row per metric that
+docs/service.md's "Configuration" table must hold a row per field of ``ServiceConfig`` (with
+its ``HANDSERVE_*`` variable and its default) and its "Metrics" table a row per metric that
 ``service.metrics.create`` makes; a row naming something the code no longer has fails too.
-Before this test, both tables had drifted: the gRPC settings and metrics were missing.
+Before this test both tables had drifted: the gRPC settings and metrics were missing. And every
+relative link of the Markdown files must reach a file and, with a ``#fragment``, one of its
+headings, so moving a section (as the dated benchmarks moved to docs/benchmarks/) cannot leave
+a link behind.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -19,6 +23,14 @@ from service.config import ENV_PREFIX, ServiceConfig
 from tests.conftest import REPO
 
 SERVICE_DOC = REPO / "docs" / "service.md"
+#: The Markdown a reader follows links in (models/ and the ignored folders hold none of ours).
+MARKDOWN = sorted(
+    [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "k8s").rglob("README.md")]
+    + [REPO / "load_tests" / "README.md"]
+)
+#: [text](target) of Markdown, not images' or code's; the target up to a space or ')'.
+LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
 #: A name in backticks: `models_dir`, `HANDSERVE_MODELS_DIR`, `handserve_batch_size`.
 TICKED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
@@ -119,3 +131,31 @@ def test_every_metric_has_a_row() -> None:
     )
     stale = sorted(set(rows) - names)
     assert not stale, f"the Metrics table names metrics the code does not make: {stale}"
+
+
+def anchors(path: Path) -> set[str]:
+    """The ``#fragment`` of each heading of ``path``, as GitHub makes it: lower case, spaces to
+    ``-``, every character but letters, digits, ``-`` and ``_`` dropped, repeats numbered."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", FENCE.sub("", path.read_text("utf-8")), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        out.add(slug if count == 0 else f"{slug}-{count}")
+    return out
+
+
+@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+def test_relative_links_reach_a_file_and_heading(doc: Path) -> None:
+    broken = []
+    for target in LINK.findall(FENCE.sub("", doc.read_text("utf-8"))):
+        if re.match(r"[a-z]+:", target):  # https:, mailto: ... : not ours to check offline
+            continue
+        file_part, _, fragment = target.partition("#")
+        linked = (doc.parent / file_part).resolve() if file_part else doc
+        if not linked.exists():
+            broken.append(f"{target}: no file {linked}")
+        elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
+            broken.append(f"{target}: no heading #{fragment} in {linked.name}")
+    assert not broken, f"{doc.relative_to(REPO)}: " + "; ".join(broken)
