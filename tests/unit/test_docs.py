@@ -25,8 +25,12 @@ from tests.conftest import REPO
 SERVICE_DOC = REPO / "docs" / "service.md"
 #: The Markdown a reader follows links in (models/ and the ignored folders hold none of ours).
 MARKDOWN = sorted(
-    [REPO / "README.md", *(REPO / "docs").rglob("*.md"), *(REPO / "k8s").rglob("README.md")]
-    + [REPO / "load_tests" / "README.md"]
+    [
+        REPO / "README.md",
+        REPO / "load_tests" / "README.md",
+        *(REPO / "docs").rglob("*.md"),
+        *(REPO / "k8s").rglob("README.md"),
+    ]
 )
 #: [text](target) of Markdown, not images' or code's; the target up to a space or ')'.
 LINK = re.compile(r"(?<!!)\[[^\]\n]*\]\(([^)\s]+)\)")
