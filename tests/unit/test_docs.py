@@ -163,3 +163,17 @@ def test_relative_links_reach_a_file_and_heading(doc: Path) -> None:
         elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
             broken.append(f"{target}: no heading #{fragment} in {linked.name}")
     assert not broken, f"{doc.relative_to(REPO)}: " + "; ".join(broken)
+
+
+#: A reference page says what the code does now; past the length a reader finishes, the dated
+#: history goes to docs/benchmarks/ (docs/service.md had grown to 1,487 lines, half of it reruns).
+MAX_REFERENCE_LINES = 900
+
+
+@pytest.mark.parametrize("page", sorted((REPO / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_reference_pages_stay_readable(page: Path) -> None:
+    lines = len(page.read_text("utf-8").splitlines())
+    assert lines <= MAX_REFERENCE_LINES, (
+        f"docs/{page.name} has {lines} lines (at most {MAX_REFERENCE_LINES}): move dated runs "
+        "to docs/benchmarks/ (newest first) and keep the latest figures here"
+    )
