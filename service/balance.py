@@ -7,9 +7,9 @@ and HTTP/1.1 keep-alive then keeps each connection on its worker for as long as 
 lives. A load generator or a proxy that opens its connections at once can so land all of them
 on one worker: measured on 2 cores with a MobileNetV2 export at 160 px, two clients made one
 worker use a whole core while the other idled (about 225 requests/s, where the two workers
-together answer 370-460; docs/service.md has the tables). Inference runs on the event loop
-(see :mod:`service.inference`), so the busy worker does not even read its next request while
-it computes.
+together answer 370-460; docs/benchmarks/balancing.md has the tables). Inference runs on the
+event loop (see :mod:`service.inference`), so the busy worker does not even read its next
+request while it computes.
 
 The remedy stays within HTTP, so it works behind any client and any proxy: every worker
 publishes, ten times a second, its share of a CPU core and how many connections sent it a

@@ -1,8 +1,8 @@
 """From encoded images to scores: decode, then run the model the way its runtime pays.
 
-Measured on 2 CPU cores (docs/service.md has the tables): LiteRT gains nothing from batches
-on a CPU, so :class:`ParallelEngine` runs each request at once, side by side with the other
-worker processes (one per core), on the event loop when the work is small. TensorFlow
+Measured on 2 CPU cores (docs/benchmarks/serving.md has the tables): LiteRT gains nothing
+from batches on a CPU, so :class:`ParallelEngine` runs each request at once, side by side with
+the other worker processes (one per core), on the event loop when the work is small. TensorFlow
 SavedModel, the GPU path, multiplies its throughput with batches (digits CNN: 930 to 4,700
 images/s from batch 1 to 32), so :class:`BatchingEngine` joins concurrent requests into batches
 with BentoML's adaptive batching dispatcher, in process.
