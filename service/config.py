@@ -81,7 +81,7 @@ class ServiceConfig(Settings):
     # BentoML's threads for sync API methods; every route here is async (models run in
     # anyio's worker threads, bounded by the interpreter pool), so this matters little.
     threads: int = setting(2, "BentoML threads per worker", ge=1)
-    timeout_s: float = setting(30.0, "request timeout: 504 and the work stops (service.deadline)", gt=0)
+    timeout_s: float = setting(30.0, "request timeout: 504, work stops (service.deadline)", gt=0)
     # Images admitted and not yet answered, per worker; beyond it requests get 503 +
     # Retry-After instead of queueing without bound. 2048 is 32 full /predict_batch requests,
     # about 1-2 s of work for a small model on 2 cores: queueing longer helps nobody.
