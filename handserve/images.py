@@ -197,6 +197,32 @@ def open_image(
     return _flatten_alpha(img)
 
 
+def decoded_pixels(data: bytes, spec: ImageSpec) -> int:
+    """How many pixels :func:`decode_image` will decode for ``data``, from its header alone.
+
+    The declared width × height, or for a JPEG the size libjpeg will decode it at (the DCT
+    scale :func:`decode_image` asks for, 1/2 to 1/8 per side): what a request costs the server
+    in decoding, checked before any pixel is decoded (the service's ``max_request_pixels``).
+    0 when the header cannot be read: decoding then refuses the image with the reason.
+    """
+    try:
+        img = Image.open(io.BytesIO(data), formats=allowed_formats())
+        if img.format == "JPEG":
+            _draft(img, _decode_size(spec))
+        width, height = img.size
+    except Exception:  # not an image, truncated: decode_image says which
+        return 0
+    return int(width) * int(height)
+
+
+def _decode_size(spec: ImageSpec) -> tuple[int, int]:
+    """The ``(width, height)`` an image is decoded for: the model's, or with a hand crop the
+    detector's when larger (a small hand keeps its pixels)."""
+    if spec.crop is None:
+        return (spec.width, spec.height)
+    return (max(spec.width, hands.DETECT_SIZE[0]), max(spec.height, hands.DETECT_SIZE[1]))
+
+
 def _draft(img: Image.Image, size: tuple[int, int]) -> None:
     """Ask libjpeg for the smallest scale not below ``size`` (as the image will stand upright).
 
@@ -316,13 +342,10 @@ def decode_image(
         handserve.hands.HandModelsMissing: a hand crop without the detector's files installed.
     """
     if spec.crop is None:
-        return to_array(
-            open_image(data, max_pixels=max_pixels, size=(spec.width, spec.height)), spec
-        )
+        return to_array(open_image(data, max_pixels=max_pixels, size=_decode_size(spec)), spec)
     if spec.crop not in CROPS:
         raise ValueError(f"unknown crop {spec.crop!r}; known: {', '.join(CROPS)}")
-    size = (max(spec.width, hands.DETECT_SIZE[0]), max(spec.height, hands.DETECT_SIZE[1]))
-    img = open_image(data, max_pixels=max_pixels, size=size)
+    img = open_image(data, max_pixels=max_pixels, size=_decode_size(spec))
     try:
         return to_array(hands.crop_hand(img), spec)
     except hands.NoHandError as exc:

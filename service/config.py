@@ -113,6 +113,17 @@ class ServiceConfig(Settings):
     # few hundred kB arrives in well under a second; raise this for large bodies on slow links.
     body_timeout_s: float = setting(5.0, "seconds to receive the whole body (408 beyond)", gt=0)
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "largest decoded image, w*h", ge=1)
+    # A small body can declare a lot of pixels (64 photos of 40 MP fit in 3 MB and cost minutes
+    # of decoding). Counted as decoded (a JPEG at its reduced DCT scale), before decoding: 200 MP
+    # decodes in under 5 s on one core in the slowest format here (WebP, about 22 ms/MP; JPEG
+    # 0.8 ms/MP, PNG 7-14 ms/MP), well inside timeout_s. 413 too_many_request_pixels beyond.
+    max_request_pixels: int = setting(
+        200_000_000, "most pixels one request may decode (sum over its images)", ge=1
+    )
+    # Admission counts these too, beside max_inflight_images: four of the largest requests.
+    max_inflight_pixels: int = setting(
+        800_000_000, "admission cap per worker in decoded pixels (503 beyond)", ge=1
+    )
     max_batch_images: int = setting(64, "most images in one /predict_batch", ge=1)
     top_k: int = setting(5, "predictions returned when the request gives no top_k", ge=1)
 
@@ -151,6 +162,10 @@ class ServiceConfig(Settings):
         if self.max_inflight_images < self.max_batch_images:
             raise ValueError(
                 "max_inflight_images must be >= max_batch_images (a full batch must fit)"
+            )
+        if self.max_inflight_pixels < self.max_request_pixels:
+            raise ValueError(
+                "max_inflight_pixels must be >= max_request_pixels (the largest request must fit)"
             )
         return self
 

@@ -16,6 +16,7 @@ and metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from handserve.images import decoded_pixels
 from service import reload as model_reload
 from service.config import ServiceConfig
 from service.errors import ApiError
@@ -39,7 +41,9 @@ class DataPlane:
         self.cfg = cfg
         self.metrics = metrics
         self.registry = ModelRegistry(cfg, metrics)
-        self.admission = Admission(cfg.max_inflight_images, cfg.retry_after_s)
+        self.admission = Admission(
+            cfg.max_inflight_images, cfg.retry_after_s, cfg.max_inflight_pixels
+        )
         self.engine: Engine | None = None  # chosen once the runtime is known (load)
         self._watcher: model_reload.ModelWatcher | None = None  # when reload is on
 
@@ -118,22 +122,44 @@ class DataPlane:
 
     async def classify(self, model: LoadedModel, images: list[bytes]) -> np.ndarray:
         """Scores ``(len(images), num_classes)`` of encoded images, in order, decoded as the
-        model's input contract says; ApiError names a bad image by its place."""
+        model's input contract says; ApiError names a bad image by its place.
+
+        What the images will cost to decode is read from their headers first: a request over
+        ``max_request_pixels`` is refused (413 ``too_many_request_pixels``) before any pixel
+        is decoded, and admission counts those pixels.
+        """
         engine = self.check_ready()
-        return await self._admitted(len(images), lambda: engine.classify(model, images))
+        spec = model.spec
+        pixels = sum(decoded_pixels(image, spec) for image in images)
+        if pixels > self.cfg.max_request_pixels:
+            raise ApiError(
+                "too_many_request_pixels",
+                f"the {len(images)} image(s) would decode to {pixels:,} pixels, over "
+                f"max_request_pixels ({self.cfg.max_request_pixels:,}): send fewer or smaller "
+                "images",
+            )
+        return await self._admitted(
+            len(images), pixels, functools.partial(engine.classify, model, images)
+        )
 
     async def classify_tensors(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
         """Scores of images already at the model's input size ``(N, H, W, C)``."""
         engine = self.check_ready()
-        return await self._admitted(len(pixels), lambda: engine.classify_pixels(model, pixels))
+        n, height, width = pixels.shape[:3]
+        return await self._admitted(
+            n, n * height * width, functools.partial(engine.classify_pixels, model, pixels)
+        )
 
-    async def _admitted(self, n: int, run: Callable[[], Awaitable[np.ndarray]]) -> np.ndarray:
-        """``run()`` for ``n`` images within the admission cap (503 ``overloaded`` beyond it)."""
-        self.admission.acquire(n)
+    async def _admitted(
+        self, n: int, pixels: int, run: Callable[[], Awaitable[np.ndarray]]
+    ) -> np.ndarray:
+        """``run()`` for ``n`` images of ``pixels`` within the admission caps (503
+        ``overloaded`` beyond either)."""
+        self.admission.acquire(n, pixels)
         try:
             return await run()
         finally:
-            self.admission.release(n)
+            self.admission.release(n, pixels)
 
     def describe(self) -> dict[str, Any]:
         """What is served (labels, input contract, runtime, files, export metrics) and what was

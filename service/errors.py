@@ -28,6 +28,7 @@ STATUS: dict[str, int] = {
     "too_many_pixels": 413,
     "body_too_large": 413,
     "too_many_images": 413,
+    "too_many_request_pixels": 413,  # the request's images sum to over max_request_pixels
     "bad_request": 400,
     "bad_json": 400,
     "bad_base64": 400,

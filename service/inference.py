@@ -75,28 +75,36 @@ class Engine(Protocol):
 
 
 class Admission:
-    """A per-worker cap on images admitted and not yet answered (a bounded queue).
+    """A per-worker cap on work admitted and not yet answered (a bounded queue): images, and
+    the pixels they decode to (a few huge photos cost more than many small ones).
 
-    Beyond the cap a request is refused at once with 503 and ``Retry-After`` rather than
+    Beyond either cap a request is refused at once with 503 and ``Retry-After`` rather than
     queued without bound: on 2 cores, 2,048 images are seconds of work already.
     """
 
-    def __init__(self, capacity: int, retry_after_s: int) -> None:
+    def __init__(self, capacity: int, retry_after_s: int, pixel_capacity: int = 2**62) -> None:
         self.capacity = capacity
+        self.pixel_capacity = pixel_capacity
         self.retry_after_s = retry_after_s
         self.inflight = 0
+        self.inflight_pixels = 0
 
-    def acquire(self, n: int) -> None:
-        if self.inflight + n > self.capacity:
+    def acquire(self, n: int, pixels: int = 0) -> None:
+        if self.inflight + n > self.capacity or (
+            self.inflight_pixels and self.inflight_pixels + pixels > self.pixel_capacity
+        ):
             raise ApiError(
                 "overloaded",
-                f"the server is at capacity ({self.inflight} images in flight); retry later",
+                f"the server is at capacity ({self.inflight} images, "
+                f"{self.inflight_pixels:,} pixels in flight); retry later",
                 headers={"Retry-After": str(self.retry_after_s)},
             )
         self.inflight += n
+        self.inflight_pixels += pixels
 
-    def release(self, n: int) -> None:
+    def release(self, n: int, pixels: int = 0) -> None:
         self.inflight -= n
+        self.inflight_pixels -= pixels
 
 
 def decode_all(

@@ -194,6 +194,32 @@ def test_app_refuses_beyond_capacity_with_retry_after(models_dir: Path) -> None:
         assert c.post("/predict_batch", json={"images": imgs}).status_code == 200
 
 
+def test_a_request_is_bounded_by_the_pixels_it_would_decode(models_dir: Path) -> None:
+    """Declared pixels, summed over a request's images, are checked before decoding (413), and
+    admission counts them: a worker holding big work refuses more with 503."""
+    cfg = ServiceConfig(
+        models_dir=str(models_dir),
+        runtime="litert",
+        max_request_pixels=3 * 500 * 500,
+        max_inflight_pixels=4 * 500 * 500,
+        warmup_batches=0,
+    )
+    big = digit_png(0, size=500)
+    with inprocess_client(cfg) as (c, svc):
+        files = [("files", (f"{i}.png", big, "image/png")) for i in range(4)]
+        resp = c.post("/predict_batch", files=files)
+        assert resp.status_code == 413, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "too_many_request_pixels"
+        assert "1,000,000 pixels" in error["message"] and "750,000" in error["message"]
+        assert c.post("/predict_batch", files=files[:3]).status_code == 200
+        svc.plane.admission.acquire(1, 2 * 500 * 500)  # another request's two big images
+        resp = c.post("/predict_batch", files=files[:3])
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "overloaded"
+        svc.plane.admission.release(1, 2 * 500 * 500)
+        assert svc.plane.admission.inflight_pixels == 0
+
+
 def test_a_bad_image_in_a_split_batch_is_named(models_dir: Path) -> None:
     """A long /predict_batch runs in parts on threads; a bad image still gets its 400."""
     from service.inference import InlineLimits, ParallelEngine

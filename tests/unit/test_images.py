@@ -329,3 +329,21 @@ def test_an_iphone_heic_photo_decodes_like_its_png() -> None:
     with pytest.raises(ImageDecodeError) as err:
         decode_image(data[:200], RGB)
     assert err.value.code in ("truncated", "not_an_image")
+
+
+def test_decoded_pixels_reads_the_header_and_counts_a_jpeg_at_its_draft_scale() -> None:
+    """What max_request_pixels counts: declared pixels, a JPEG at the DCT scale decoding uses."""
+    from handserve.images import ImageSpec, decoded_pixels
+
+    def encoded(fmt: str, size: tuple[int, int]) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (90, 120, 200)).save(buf, format=fmt)
+        return buf.getvalue()
+
+    spec = ImageSpec(160, 160, 3)
+    assert decoded_pixels(encoded("PNG", (4000, 3000)), spec) == 4000 * 3000
+    # libjpeg decodes at 1/8 (500x375), still at least 160 on each side
+    assert decoded_pixels(encoded("JPEG", (4000, 3000)), spec) == 500 * 375
+    assert decoded_pixels(encoded("JPEG", (4000, 3000)), ImageSpec(2000, 1500, 3)) == 12_000_000
+    assert decoded_pixels(b"not an image", spec) == 0
+    assert decoded_pixels(encoded("PNG", (4000, 3000))[:100], spec) == 12_000_000  # header only
