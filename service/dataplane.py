@@ -16,6 +16,7 @@ and metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,11 @@ class DataPlane:
         )
         self.engine: Engine | None = None  # chosen once the runtime is known (load)
         self._watcher: model_reload.ModelWatcher | None = None  # when reload is on
+        #: How long a request that arrives while this plane loads waits for it, instead of
+        #: 503 ``not_ready``: 0 on a cold start (the server is not ready; /readyz says so),
+        #: the request timeout when the service restarts a worker of a server already serving.
+        self.hold_while_loading_s = 0.0
+        self._opened: asyncio.Event | None = None  # set once open; made on the event loop
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
@@ -89,10 +95,14 @@ class DataPlane:
     def mark_ready(self) -> None:
         """Open the plane to requests (the service calls it once its own start-up is done)."""
         self.registry.mark_ready()
+        if self._opened is not None:
+            self._opened.set()
 
     def refuse_all(self, why: str) -> None:
         """Keep the plane closed: every request answers 503 ``not_ready`` with ``why``."""
         self.registry.load_error = why
+        if self._opened is not None:
+            self._opened.set()  # requests held while loading get their 503 now
 
     @property
     def ready(self) -> bool:
@@ -114,6 +124,20 @@ class DataPlane:
             why = self.registry.load_error or "models are still loading"
             raise ApiError("not_ready", why, headers={"Retry-After": "1"})
         return self.engine
+
+    async def wait_ready(self) -> Engine:
+        """:meth:`check_ready`, but a request that arrives while a restarted worker loads waits
+        for the load (at most ``hold_while_loading_s``) instead of being refused: the server was
+        ready, and its other workers are, so the client should not see a 503 for it."""
+        if self.ready or self.hold_while_loading_s <= 0 or self.registry.load_error:
+            return self.check_ready()
+        if self._opened is None:
+            self._opened = asyncio.Event()
+            if self.ready:  # opened between the check above and now
+                self._opened.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._opened.wait(), self.hold_while_loading_s)
+        return self.check_ready()
 
     def resolve(self, name: str | None, version: int | None) -> LoadedModel:
         """The served model a request names (None: the default model, the served version)."""

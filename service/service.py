@@ -137,6 +137,10 @@ class HandServe:
     async def start(self) -> None:
         """Load in the background: the server must accept /livez (and gRPC's ServerLive)
         while models load."""
+        if bentoml.server_context.worker_index is not None and workers.ready_count():
+            # Its peers serve, so this worker was restarted (a crash, a kill): connections it
+            # accepts before its models are loaded wait for them rather than get 503s.
+            self.plane.hold_while_loading_s = self.cfg.timeout_s
         if self.cfg.grpc_port:
             await self._start_grpc()
         self._start_balancing()
@@ -265,7 +269,7 @@ class HandServe:
         self, request: Request, *, batch: bool
     ) -> tuple[LoadedModel, np.ndarray, int]:
         """Parse the request, then the data plane's scores of every image of it."""
-        self.plane.check_ready()  # before reading the body: a loading server refuses at once
+        await self.plane.wait_ready()  # before reading the body: a loading server refuses now
         parsed = await parse_request(
             request,
             batch=batch,
@@ -336,6 +340,7 @@ class HandServe:
         status (BentoML answers an exception of its own with that status, anything else 500)."""
         try:
             blobs = read_files(files, self.cfg.max_batch_images, self.cfg.max_body_bytes)
+            await self.plane.wait_ready()
             model = self.plane.resolve(name, version)
             return model, await self.plane.classify(model, blobs), k or self.cfg.top_k
         except ApiError as err:

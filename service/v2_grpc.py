@@ -247,6 +247,7 @@ class InferenceServicer:
         return model_metadata(v2.metadata_of(model))
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
+        await self.backend.plane.wait_ready()
         model = self._resolve(request.model_name, request.model_version)
         plane = self.backend.plane
         call = parse_request(request, model.manifest, plane.cfg.max_batch_images)

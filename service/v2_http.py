@@ -50,7 +50,8 @@ async def infer(plane: DataPlane, request: Request, name: str, version: str | No
     JSON or with the binary tensor data extension, as the request asked."""
     cfg = plane.cfg
     try:
-        model = v2.resolve(plane, name, version)  # before reading the body: refuse at once
+        await plane.wait_ready()  # before reading the body: a loading server refuses now
+        model = v2.resolve(plane, name, version)
         body = await read_body(request, cfg.max_body_bytes, cfg.body_timeout_s)
         body = v2_wire.decompress(body, request.headers.get("content-encoding"), cfg.max_body_bytes)
         call = v2.parse_infer(

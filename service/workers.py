@@ -21,15 +21,31 @@ def server_dir() -> Path:
 
 
 def mark_ready() -> None:
-    """Say that this worker serves: its models are loaded and warm."""
+    """Say that this worker serves: its models are loaded and warm. Marks of workers that
+    died (killed, crashed; the process manager restarts them) are removed on the way."""
     folder = server_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for mark in folder.glob("worker-*"):
+        if not _alive(mark):
+            mark.unlink(missing_ok=True)
     (folder / f"worker-{os.getpid()}").touch()
 
 
 def ready_count() -> int:
-    """How many workers of this server have marked themselves ready."""
+    """How many workers of this server have marked themselves ready (a worker that died since
+    still counts until a peer marks itself: the server was ready, and is again once the process
+    manager has restarted it)."""
     return len(list(server_dir().glob("worker-*")))
+
+
+def _alive(mark: Path) -> bool:
+    try:
+        os.kill(int(mark.name.removeprefix("worker-")), 0)
+    except ProcessLookupError:
+        return False
+    except (ValueError, PermissionError):
+        return True  # not ours to judge
+    return True
 
 
 def remove() -> None:
