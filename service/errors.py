@@ -102,6 +102,13 @@ def is_input_error(code: str) -> bool:
     )
 
 
+#: Where a typed endpoint leaves its refusal in the request's ASGI state (``request.state``):
+#: BentoML answers a 5xx of its own with a generic message, so :class:`JSONErrors` renders it.
+REFUSAL_KEY = "handserve_refusal"
+
+#: Routes of the Open Inference Protocol answer errors in its shape, ``{"error": "..."}``.
+V2_PREFIX = "/v2"
+
 #: Codes for refusals made outside the service's routes (BentoML's own routes and router).
 _CODE_BY_STATUS = {
     400: "bad_request",
@@ -118,9 +125,12 @@ _CODE_BY_STATUS = {
 class JSONErrors:
     """ASGI middleware: every error answer in the service's ``{"error": {code, message}}`` shape.
 
-    The service's own routes already answer so; this covers what BentoML answers around them
-    (``/readyz`` while loading, an unknown path, a wrong method), so clients parse one shape.
-    An error that is already JSON passes through untouched.
+    The service's own routes already answer so; this covers what BentoML answers around them:
+    ``/readyz`` while loading, an unknown path, a wrong method (plain text), and the typed
+    endpoints' refusals and validation errors (``{"error": "code: message"}``, BentoML's shape),
+    so clients parse one shape. Under ``/v2`` the Open Inference Protocol's ``{"error": "..."}``
+    is the shape its clients parse, and stays. Error bodies are small: one is held until it is
+    complete, then answered reshaped.
     """
 
     def __init__(self, app: Any) -> None:
@@ -130,50 +140,92 @@ class JSONErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        replaced = False
+        path = str(scope.get("path", ""))
+        protocol = path.startswith(V2_PREFIX)
+        held: dict[str, Any] | None = None  # an error's start message, until its body is read
+        body = bytearray()
 
         async def send_shaped(message: dict[str, Any]) -> None:
-            nonlocal replaced
+            nonlocal held
             if message["type"] == "http.response.start" and message["status"] >= 400:
                 headers = dict(message.get("headers", []))
-                if not headers.get(b"content-type", b"").startswith(b"application/json"):
-                    replaced = True
-                    status = message["status"]
-                    code = _CODE_BY_STATUS.get(status, "error")
-                    path = str(scope.get("path", ""))[:100]
-                    text = {
-                        "not_ready": "the server is not ready: models are loading or none could "
-                        "be served (see /models)",
-                    }.get(code, f"{scope.get('method', '')} {path}: {code.replace('_', ' ')}")
-                    body = json.dumps(ApiError(code, text).body()).encode()
-                    kept = [
-                        (k, v)
-                        for k, v in message.get("headers", [])
-                        if k.lower() not in (b"content-type", b"content-length")
-                    ]
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": status,
-                            "headers": [
-                                *kept,
-                                (b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
+                is_json = headers.get(b"content-type", b"").startswith(b"application/json")
+                if not (is_json and protocol):
+                    held = message
                     return
-            if replaced:  # the original body is dropped; ours was sent whole
+            if held is None or message["type"] != "http.response.body":
+                await send(message)
                 return
-            await send(message)
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            status = held["status"]
+            extra: dict[str, str] = {}
+            refusal = scope.get("state", {}).get(REFUSAL_KEY)
+            if isinstance(refusal, ApiError):  # a typed endpoint's: as /predict answers it
+                shaped: bytes | None = json.dumps(refusal.body()).encode()
+                extra = refusal.headers
+            else:
+                shaped = _reshaped(bytes(body), status, scope)
+            if shaped is None:  # already the service's shape
+                await send(held)
+                await send({"type": "http.response.body", "body": bytes(body)})
+                return
+            dropped = (b"content-type", b"content-length", *(k.lower().encode() for k in extra))
+            kept = [(k, v) for k, v in held.get("headers", []) if k.lower() not in dropped]
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        *kept,
+                        *((k.encode(), v.encode()) for k, v in extra.items()),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(shaped)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": shaped})
 
         await self.app(scope, receive, send_shaped)
 
 
+def _reshaped(body: bytes, status: int, scope: Any) -> bytes | None:
+    """An error body in the service's shape, or None when it is in that shape already."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, list) and len(data) == 1:  # BentoML answers a 4xx as a 1-item list
+        data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return None
+    text = data.get("error") if isinstance(data, dict) else None
+    if isinstance(text, str) and isinstance(data, dict) and isinstance(data.get("detail"), list):
+        # BentoML's validation of a typed endpoint's parameters: say which and why
+        where = [
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}"
+            for d in data["detail"]
+            if isinstance(d, dict)
+        ]
+        text = f"{text} ({'; '.join(where)})" if where else text
+    code = _CODE_BY_STATUS.get(status, "error")
+    if isinstance(text, str):  # BentoML's {"error": "..."}; ours raise it as "code: message"
+        prefix, sep, rest = text.partition(": ")
+        if sep and STATUS.get(prefix) == status:
+            code, text = prefix, rest
+        message = text
+    elif code == "not_ready":
+        message = (
+            "the server is not ready: models are loading or none could be served (see /models)"
+        )
+    else:
+        path = str(scope.get("path", ""))[:100]
+        message = f"{scope.get('method', '')} {path}: {code.replace('_', ' ')}"
+    return json.dumps(ApiError(code, message).body()).encode()
+
+
 # ---------------------------------------------------------------------- the app's handlers
-#: Routes of the Open Inference Protocol answer errors in its shape, ``{"error": "..."}``.
-V2_PREFIX = "/v2"
 
 
 def count_rejected(metrics: Any, err: ApiError) -> None:

@@ -43,7 +43,14 @@ from service import balance, bento_guard, deadline, v2, v2_http, workers
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
-from service.errors import STATUS, ApiError, JSONErrors, install_error_handlers, is_input_error
+from service.errors import (
+    REFUSAL_KEY,
+    STATUS,
+    ApiError,
+    JSONErrors,
+    install_error_handlers,
+    is_input_error,
+)
 from service.parsing import parse_params, parse_request, read_files
 from service.registry import LoadedModel
 from service.routes import ClassRoutes
@@ -302,6 +309,7 @@ class HandServe:
     async def classify(
         self,
         image: Annotated[Path, ContentType("image/*")],
+        ctx: bentoml.Context,
         model: ModelName | None = None,
         version: PositiveInt | None = None,
         top_k: PositiveInt | None = None,
@@ -309,10 +317,9 @@ class HandServe:
         """One image file -> the ``top_k`` best classes of the model, best first (as /predict).
 
         ``model`` (default: the default model), ``version`` (default: the served one),
-        ``top_k`` (default: the config's). Refusals have /predict's status codes, with
-        ``"code: message"`` as BentoML's error text.
+        ``top_k`` (default: the config's). Refusals have /predict's status codes and body.
         """
-        chosen, scores, k = await self._typed([image], model, version, top_k)
+        chosen, scores, k = await self._typed(ctx, [image], model, version, top_k)
         return PredictResponse.model_validate(
             {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
         )
@@ -321,23 +328,31 @@ class HandServe:
     async def classify_batch(
         self,
         images: list[Annotated[Path, ContentType("image/*")]],
+        ctx: bentoml.Context,
         model: ModelName | None = None,
         version: PositiveInt | None = None,
         top_k: PositiveInt | None = None,
     ) -> PredictBatchResponse:
         """Several image files (at most ``max_batch_images``) -> one result per image, in order
         (as /predict_batch)."""
-        chosen, scores, k = await self._typed(images, model, version, top_k)
+        chosen, scores, k = await self._typed(ctx, images, model, version, top_k)
         results = [_ranked(row, chosen, k) for row in scores]
         return PredictBatchResponse.model_validate(
             {"model": chosen.name, "version": chosen.version, "results": results}
         )
 
     async def _typed(
-        self, files: list[Path], name: str | None, version: int | None, k: int | None
+        self,
+        ctx: bentoml.Context,
+        files: list[Path],
+        name: str | None,
+        version: int | None,
+        k: int | None,
     ) -> tuple[LoadedModel, np.ndarray, int]:
-        """The typed APIs' request path; an ApiError becomes BentoML's error with the same
-        status (BentoML answers an exception of its own with that status, anything else 500)."""
+        """The typed APIs' request path. An ApiError becomes BentoML's error with the same
+        status (BentoML answers an exception of its own with that status, anything else 500),
+        and is left in the request's state, where ``JSONErrors`` renders it as /predict would:
+        same body, same ``Retry-After``."""
         try:
             blobs = read_files(files, self.cfg.max_batch_images, self.cfg.max_body_bytes)
             await self.plane.wait_ready()
@@ -346,6 +361,7 @@ class HandServe:
         except ApiError as err:
             if is_input_error(err.code):
                 self.metrics.rejected_inputs.labels(reason=err.code).inc()
+            setattr(ctx.request.state, REFUSAL_KEY, err)
             raise BentoMLException(
                 f"{err.code}: {err.message}", error_code=HTTPStatus(err.status)
             ) from None
