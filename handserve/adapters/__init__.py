@@ -1,0 +1,1 @@
+"""Private internals of the libraries handserve uses, each library's behind one module."""
