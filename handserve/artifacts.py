@@ -33,7 +33,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -540,25 +539,6 @@ def version_dir(models_dir: Path, name: str, version: int | None = None) -> Path
     if not path.is_dir():
         raise ArtifactError(path, "no such model version")
     return path
-
-
-@contextlib.contextmanager
-def staging(models_dir: Path, name: str) -> Iterator[Path]:
-    """A hidden temporary folder beside ``models/NAME/`` versions, removed on any failure, for a
-    caller that picks the version number itself (exports use :func:`staging_version`).
-
-    The caller writes the version into it and then calls :func:`publish`. If the block raises
-    (or the process is interrupted, including by KeyboardInterrupt) the folder is deleted and no
-    version appears.
-    """
-    root = Path(models_dir) / validate_name(name)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_STAGING, dir=root))
-    try:
-        yield tmp
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def next_version(models_dir: Path, name: str) -> int:

@@ -60,7 +60,8 @@ fi
 echo "install-test-tools: installing ${need[*]} from Debian" >&2
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq >/dev/null 2>&1 || true
-for pkg in "${need[@]}"; do  # one at a time: a missing package must not block the others
+# One at a time: a missing package must not block the others.
+for pkg in ${need[@]+"${need[@]}"}; do
   $SUDO apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 \
     || echo "install-test-tools: apt-get install $pkg failed; the tests needing it will skip" >&2
 done

@@ -10,9 +10,11 @@ GRPC_PORT="${GRPC_PORT:-8001}"
 MODELS_DIR="${MODELS_DIR:-models}"
 extra=()
 [ -n "${EPOCHS:-}" ] && extra+=(--epochs "$EPOCHS")
+# ${extra[@]+"${extra[@]}"}, not "${extra[@]}": bash before 4.4 (macOS's 3.2) calls an empty
+# array unbound under set -u (tests/unit/test_scripts.py).
 
 echo "==> training the default model (small CNN on the embedded scikit-learn digits)"
-handserve train --export --export-name digits --models-dir "$MODELS_DIR" "${extra[@]}"
+handserve train --export --export-name digits --models-dir "$MODELS_DIR" ${extra[@]+"${extra[@]}"}
 
 echo "==> models available"
 handserve models --models-dir "$MODELS_DIR"
@@ -20,7 +22,7 @@ handserve models --models-dir "$MODELS_DIR"
 echo "==> serving on http://localhost:$PORT (demo page: /demo, API docs: /)"
 handserve serve --port "$PORT" --grpc-port "$GRPC_PORT" --models-dir "$MODELS_DIR" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT INT TERM
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 1 180); do
   if curl -fsS "http://localhost:$PORT/readyz" >/dev/null 2>&1; then break; fi
   if ! kill -0 "$server" 2>/dev/null; then echo "server exited" >&2; exit 1; fi

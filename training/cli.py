@@ -52,17 +52,26 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Entry point of ``handserve train``; prints the run folder and report on stdout."""
-    from training import model as model_mod
-    from training.data import DataError
-    from training.export import ExportError, export_run
-    from training.train import train
+    """Entry point of ``handserve train``; prints the run folder and report on stdout.
 
+    The config is checked before the stage modules (and so TensorFlow) are imported: a wrong
+    value in a config file is reported at once, as a wrong flag is by argparse.
+    """
     if args.list_backbones:
+        from training import model as model_mod
+
         say(model_mod.list_backbones())
         return 0
     try:
         cfg = TrainConfig.load(args.config, flags=TrainConfig.flags_given(args))
+    except ConfigError as exc:
+        say(f"error: {exc}", err=True)
+        return 2
+    from training.data import DataError
+    from training.export import ExportError, export_run
+    from training.train import train
+
+    try:
         # Keras writes progress to stdout; keep stdout for the result lines scripts read.
         with contextlib.redirect_stdout(sys.stderr):
             result = train(cfg)

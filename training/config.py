@@ -39,6 +39,18 @@ def _devices(value: Any) -> Any:
 Devices = Annotated[str, BeforeValidator(_devices)]
 
 Dataset = Literal["digits", "mnist", "sign_mnist", "folder"]
+#: ``--backbone`` names: a checked choice here, so a wrong name is refused before TensorFlow
+#: loads (22 s); training.model.BACKBONES builds each (tests/unit/test_config.py: they agree).
+Backbone = Literal[
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_v2_b0",
+    "vgg16",
+    "dense",
+    "cnn",
+]
 Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
 Schedule = Literal["constant", "cosine", "step"]
 
@@ -91,7 +103,7 @@ class TrainConfig(Settings):
 
     # --- model
     # The DLI course's ASL CNN trains from scratch offline; pretrained backbones need weights.
-    backbone: str = setting("cnn", "backbone name; see `handserve train --list-backbones`")
+    backbone: Backbone = setting("cnn", "backbone name; see `handserve train --list-backbones`")
     # "imagenet" uses Keras' download/cache; a path loads a local file; "none" is random init.
     weights: str = setting("imagenet", "imagenet, none, or a path to a .h5/.weights.h5 file")
     # None: the backbone's preferred size (e.g. 96 for MobileNets, 224 for VGG16).

@@ -105,7 +105,7 @@ def _load_model(run: FinishedRun) -> Any:
 def write_saved_model(model: Any, path: Path, contract: InputContract) -> None:
     """A SavedModel whose ``serving_default`` calls the model with ``training=False``.
 
-    Keras' ``model.export`` keeps augmentation layers active (docs/GUIDE facts); an explicit
+    Keras' ``model.export`` keeps augmentation layers active (docs/artifacts.md); an explicit
     inference-mode endpoint makes the exported graph deterministic whatever layers a model has.
     """
     import keras
@@ -186,7 +186,8 @@ def export_run(
             backbone=run.backbone,
             training=run.config,
             metrics={**run.metrics, "export_evaluation": evaluation},
-            library_versions=run_folder.environment(),
+            # The run's record: the versions that trained the model (docs/architecture.md).
+            library_versions=run.environment,
         )
         artifacts.write_manifest(tmp, manifest)
         artifacts.verify_files(tmp, artifacts.read_manifest(tmp))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from handserve import artifacts
+from handserve.adapters import litert as litert_internals
 from handserve.artifacts import EMBEDDED_LABELS, EMBEDDED_METADATA, FormatEntry, read_embedded
 from training import tflite_metadata
 from training.tflite_metadata import ImageModelInfo, build_metadata
@@ -164,7 +165,7 @@ def operator_names(path_or_bytes: Path | bytes) -> list[str]:
         interp = Interpreter(model_content=path_or_bytes)
     else:
         interp = Interpreter(model_path=str(path_or_bytes))
-    return sorted({str(op["op_name"]) for op in interp._get_ops_details()})
+    return litert_internals.operator_names(interp)
 
 
 def non_builtin_operators(names: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from handserve.adapters import keras as keras_internals
 from handserve.configs import ConfigError
 from training.config import TrainConfig
 
@@ -230,7 +231,7 @@ def _build_pretrained(spec: BackboneSpec, size: int, weights: str) -> keras.Mode
 
 def _settle_batchnorm_quickly(net: keras.Model) -> None:
     """Set :data:`BN_MOMENTUM` on every BatchNorm layer of a network trained from scratch."""
-    for layer in net._flatten_layers(include_self=False, recursive=True):
+    for layer in keras_internals.nested_layers(net):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
 

@@ -72,7 +72,8 @@ def input_contract(
 
 
 def environment() -> dict[str, str]:
-    """Library versions saved beside every run and in every manifest, to reproduce a result."""
+    """Library versions of this process, saved as the run's ``environment.json`` when training
+    ends; an export copies that record (not its own machine's) into the manifest."""
     import keras
     import tensorflow as tf
 
@@ -207,17 +208,17 @@ class RunFolder:
     def write_dataset(self, info: DatasetInfo) -> None:
         self.write_json(DATASET, info.to_json())
 
-    def read_dataset(self) -> DatasetInfo:
-        return DatasetInfo.from_json(self.read_json(DATASET), self.path / DATASET)
-
     def write_environment(self) -> None:
         self.write_json(ENVIRONMENT, environment())
 
+    def read_environment(self) -> dict[str, str]:
+        """The library versions the run trained with; empty for a run that saved none."""
+        if not (self.path / ENVIRONMENT).is_file():
+            return {}
+        return {str(k): str(v) for k, v in self.read_json(ENVIRONMENT).items()}
+
     def write_history(self, records: list[dict[str, Any]]) -> None:
         self.write_json(HISTORY, {"epochs": records})
-
-    def read_history(self) -> list[dict[str, Any]]:
-        return list(self.read_json(HISTORY).get("epochs") or [])
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         self.write_json(METRICS, metrics)
@@ -260,6 +261,8 @@ class FinishedRun:
     dataset: dict[str, Any]
     backbone: dict[str, Any]
     metrics: dict[str, Any]
+    #: ``environment.json``: the versions of the libraries that trained the model.
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def read_finished(run_dir: Path) -> FinishedRun:
@@ -290,6 +293,7 @@ def read_finished(run_dir: Path) -> FinishedRun:
         dataset=dataset,
         backbone=run.read_backbone(),
         metrics=run.read_metrics(),
+        environment=run.read_environment(),
     )
 
 

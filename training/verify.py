@@ -324,14 +324,24 @@ def load_test_split(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """The full test split of the dataset a model was trained on (:mod:`training.data`).
 
+    The split is rebuilt from the run's whole config (``training``: its ``config.json``, or a
+    manifest's ``training``) with only the data folder (and ``dataset``, when given) replaced:
+    the seed picks which images are held out and ``crop_hands`` / ``no_hand`` how they are
+    cropped, so anything less scores the model on its own training images (a digits run with
+    seed 7 had 249 of its 359 "test" images from training) or on uncropped photos.
+
+    Args:
+        training: the run's resolved config; keys this trainer does not know are ignored.
+        data_dir: the folder holding the dataset's files.
+        dataset: another dataset name to test on (default: the run's).
+
     Returns:
         ``(x, y, description)``.
     """
     from training.config import TrainConfig
     from training.data import load_dataset
 
-    keys = ("dataset", "image_size", "color_mode", "val_fraction", "test_fraction")
-    kwargs = {k: training[k] for k in keys if k in training}
+    kwargs = {k: v for k, v in training.items() if k in TrainConfig.model_fields}
     if dataset:
         kwargs["dataset"] = dataset
     kwargs["data_dir"] = data_dir

@@ -220,6 +220,20 @@ def test_incomplete_run_folder_is_refused(tiny_run: Path, tmp_path) -> None:
         export.export_run(partial, tmp_path / "models", "tiny")
 
 
+def test_library_versions_are_the_training_runs(tiny_run: Path, tmp_path: Path) -> None:
+    """The manifest records what trained the model (the run's ``environment.json``), not the
+    machine that exports it (docs/architecture.md, "Run folder")."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    trained_with = json.loads((run / "environment.json").read_text())
+    trained_with.update(tensorflow="2.20.0", python="3.12.8", platform="macOS-15.1-arm64")
+    (run / "environment.json").write_text(json.dumps(trained_with))
+    path = export.export_run(
+        run, tmp_path / "models", "tiny", verify=False, formats=("tflite_fp32",)
+    )
+    assert artifacts.load_verified(path).library_versions == trained_with
+
+
 def test_export_cli_exit_codes(tiny_run: Path, tmp_path, capsys) -> None:
     models = tmp_path / "models"
     argv = ["export", str(tiny_run), "--name", "cli-model", "--models-dir", str(models)]

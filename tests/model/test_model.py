@@ -10,8 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from handserve.configs import ConfigError
 from training import model as model_mod
-from training.model import ModelError, build_model, unfreeze
+from training.config import TrainConfig
+from training.model import ModelError, build_model, get_spec, unfreeze
 
 from .helpers import fake_pretrained_weights, has_augmentation, images, tiny_cfg
 
@@ -68,8 +70,11 @@ def test_registry_defaults_and_listing() -> None:
 
 
 def test_unknown_backbone_lists_known_names() -> None:
+    """The config refuses the name (before any model code runs); the registry says the same."""
+    with pytest.raises(ConfigError, match=r"--backbone.*mobilenet_v2.*cnn"):
+        TrainConfig.load(flags={"backbone": "resnet9000"})
     with pytest.raises(ModelError, match=r"--backbone.*mobilenet_v2"):
-        build_model(tiny_cfg(backbone="resnet9000"), (28, 28, 1), 3)
+        get_spec("resnet9000")
 
 
 def test_backbone_size_below_32_is_rejected() -> None:

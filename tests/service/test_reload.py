@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from handserve import artifacts
 from service.local_server import wait_ready
 from tests.service.helpers import corrupt, digit_png, running_server
+from tests.staging import staging
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -28,7 +29,7 @@ INTERVAL_S = 0.5
 
 def publish(src: Path, models: Path, name: str, version: int, *, bad: bool = False) -> Path:
     """Copy an export to ``models/name/version`` through a staging folder and one rename."""
-    with artifacts.staging(models, name) as tmp:
+    with staging(models, name) as tmp:
         shutil.rmtree(tmp)
         shutil.copytree(src, tmp)
         data = artifacts.read_manifest(tmp).to_dict()

@@ -11,10 +11,11 @@ import pytest
 
 from handserve import artifacts
 from handserve.artifacts import ArtifactError, FormatEntry, InputContract, Manifest
+from tests.staging import staging
 
 
 def _publish_fake(models: Path, name: str = "digits") -> Path:
-    with artifacts.staging(models, name) as tmp:
+    with staging(models, name) as tmp:
         (tmp / "model.tflite").write_bytes(b"\x00" * 64)
         (tmp / "labels.txt").write_text("a\nb\n")
         version = artifacts.next_version(models, name)
@@ -50,12 +51,12 @@ def test_latest_is_the_highest_version(tmp_path: Path) -> None:
 
 def test_versions_are_immutable(tmp_path: Path) -> None:
     _publish_fake(tmp_path)
-    with artifacts.staging(tmp_path, "digits") as tmp, pytest.raises(ArtifactError, match="exists"):
+    with staging(tmp_path, "digits") as tmp, pytest.raises(ArtifactError, match="exists"):
         artifacts.publish(tmp, tmp_path, "digits", 1)
 
 
 def test_failed_staging_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), artifacts.staging(tmp_path, "digits") as tmp:
+    with pytest.raises(RuntimeError), staging(tmp_path, "digits") as tmp:
         (tmp / "half.bin").write_bytes(b"x")
         raise RuntimeError("conversion failed")
     assert list((tmp_path / "digits").iterdir()) == []
@@ -122,7 +123,7 @@ def test_a_lost_publish_race_is_an_artifact_error(tmp_path: Path, monkeypatch) -
         raise OSError(39, "Directory not empty")
 
     monkeypatch.setattr(artifacts.os, "rename", taken)
-    with artifacts.staging(tmp_path, "digits") as tmp, pytest.raises(ArtifactError, match="again"):
+    with staging(tmp_path, "digits") as tmp, pytest.raises(ArtifactError, match="again"):
         artifacts.publish(tmp, tmp_path, "digits", 1)
 
 

@@ -37,11 +37,37 @@ def test_no_or_unknown_subcommand_exits_2() -> None:
 
 
 def test_train_reports_a_bad_flag_value_in_one_line(tmp_path: Path) -> None:
-    proc = _run("train", "--backbone", "resnet9000", "--runs-dir", str(tmp_path))
+    proc = _run("train", "--epochs", "0", "--runs-dir", str(tmp_path))
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "--backbone" in error_lines[0]
+    assert len(error_lines) == 1 and "--epochs" in error_lines[0]
     assert list(tmp_path.iterdir()) == []  # no run folder, finished or partial
+
+
+@pytest.mark.parametrize("where", ["flag", "config file"])
+def test_a_wrong_backbone_is_refused_before_tensorflow_loads(where: str, tmp_path: Path) -> None:
+    """The name was checked after 22 s of TensorFlow loading (issue 35); now argparse (a flag)
+    or the config (a file) refuses it first, naming the backbones there are."""
+    if where == "flag":
+        args = ["--backbone", "resnet9000"]
+    else:
+        (tmp_path / "run.yaml").write_text("backbone: resnet9000\n")
+        args = ["--config", str(tmp_path / "run.yaml")]
+    code = (
+        "import sys, handserve_cli\n"
+        "try:\n"
+        f"    rc = handserve_cli.main(['train', *{args!r}, '--runs-dir', {str(tmp_path)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    rc = exc.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not heavy, heavy[:5]\n"
+        "sys.exit(rc)\n"
+    )
+    proc = _python("-c", code)
+    assert proc.returncode == 2, proc.stderr
+    assert "resnet9000" in proc.stderr
+    assert "mobilenet_v2" in proc.stderr and "efficientnet_b0" in proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ([] if where == "flag" else ["run.yaml"])
 
 
 def test_models_command_does_not_import_tensorflow(tmp_path: Path) -> None:

@@ -159,20 +159,23 @@ def test_saved_config_loads_back_to_the_same_config() -> None:
 
 def test_the_choice_lists_agree_with_what_implements_them() -> None:
     """Each choice list has one source (the Literal in training.config); what implements the
-    choices (the dataset loaders, the optimizers) must offer exactly those."""
+    choices (the dataset loaders, the optimizers, the backbones) must offer exactly those."""
     import typing
 
-    from training.config import Dataset, Optimizer
+    from training.config import Backbone, Dataset, Optimizer
     from training.data import SOURCES
     from training.fitting import OPTIMIZERS
+    from training.model import BACKBONES
 
     assert set(SOURCES) == set(typing.get_args(Dataset))
     assert set(OPTIMIZERS) == set(typing.get_args(Optimizer))
+    assert list(BACKBONES) == list(typing.get_args(Backbone))
     parser = argparse.ArgumentParser()
     TrainConfig.add_arguments(parser)
     choices = {a.dest: a.choices for a in parser._actions}
     assert tuple(choices["dataset"]) == typing.get_args(Dataset)
     assert tuple(choices["optimizer"]) == typing.get_args(Optimizer)
+    assert tuple(choices["backbone"]) == typing.get_args(Backbone)
 
 
 def test_pretrained_weights_imply_fine_tuning_and_scratch_does_not() -> None:

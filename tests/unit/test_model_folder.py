@@ -21,6 +21,7 @@ from handserve import artifacts, runtimes
 from handserve.artifacts import FORMATS, RUNTIMES, ArtifactError
 from service.config import Runtime
 from tests.conftest import REPO
+from tests.staging import staging
 
 #: The project's own code (tests and examples are not: examples are stand-alone for app authors).
 PACKAGES = ("handserve", "handserve_cli", "training", "service", "benchmarks")
@@ -204,7 +205,7 @@ def test_publishing_onto_a_taken_number_is_refused(tmp_path: Path) -> None:
     (tmp_path / "digits" / "1").mkdir(parents=True)
     (tmp_path / "digits" / "1" / "x").write_text("published")
     with (
-        artifacts.staging(tmp_path, "digits") as tmp,
+        staging(tmp_path, "digits") as tmp,
         pytest.raises(ArtifactError, match="immutable"),
     ):
         artifacts.publish(tmp, tmp_path, "digits", 1)

@@ -15,12 +15,17 @@ images came from.
 the same train/val/test images); :mod:`training.data.pipeline` the ``tf.data`` pipeline. Bad
 input stops with a one-line :class:`DataError` naming the file, row or flag to fix, before any
 training time is spent.
+
+Importing this package imports no TensorFlow (about 10 s here): ``make_pipeline`` is loaded on
+first use, so the loaders, the CLI's checks and the tests that only need arrays start at once
+(tests/unit/test_layout.py checks it in a fresh interpreter).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from training.config import TrainConfig
 from training.data import digits, folder, mnist, sign_mnist
@@ -28,7 +33,6 @@ from training.data.base import DataError, Dataset, Split
 from training.data.digits import load_digits
 from training.data.folder import load_folder
 from training.data.mnist import load_mnist
-from training.data.pipeline import make_pipeline
 from training.data.sign_mnist import load_sign_mnist
 
 __all__ = [
@@ -42,6 +46,19 @@ __all__ = [
     "load_sign_mnist",
     "make_pipeline",
 ]
+
+if TYPE_CHECKING:
+    from training.data.pipeline import make_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    """``make_pipeline`` on first use: :mod:`training.data.pipeline` is the TensorFlow part."""
+    if name == "make_pipeline":
+        from training.data.pipeline import make_pipeline
+
+        return make_pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: ``cfg.dataset`` -> the source that loads it: one per value of training.config.Dataset
 #: (tests/unit/test_config.py checks they agree).
