@@ -24,15 +24,18 @@ def markdown_files() -> list[Path]:
     return sorted(p for p in REPO.rglob("*.md") if not set(p.relative_to(REPO).parts) & SKIPPED)
 
 
-def broken_citations(text: str) -> list[tuple[int, str]]:
-    """``(line, path)`` of each cited path that is neither a file or folder of the checkout nor
-    a page without its ``.md``; ``kubectl`` lines name resources (``service/handserve``)."""
+def broken_citations(text: str, here: Path = REPO) -> list[tuple[int, str]]:
+    """``(line, path)`` of each cited path that is neither a file or folder of the checkout (or
+    of the citing page's folder ``here``: a Markdown link is relative to its page) nor a page
+    without its ``.md``; ``kubectl`` lines name resources (``service/handserve``)."""
     found = []
     for number, line in enumerate(text.splitlines(), 1):
         if "kubectl" in line:
             continue
         for path in CITED.findall(line):
-            if not (REPO / path).exists() and not (REPO / f"{path}.md").exists():
+            if not any(
+                (base / name).exists() for base in {REPO, here} for name in (path, f"{path}.md")
+            ):
                 found.append((number, path))
     return found
 
@@ -48,6 +51,8 @@ def test_every_cited_file_exists() -> None:
     broken = [
         f"{path.relative_to(REPO)}:{line}: {cited}"
         for path in files
-        for line, cited in broken_citations(path.read_text())
+        for line, cited in broken_citations(
+            path.read_text(), path.parent if path.suffix == ".md" else REPO
+        )
     ]
     assert not broken, "these cite files that do not exist:\n" + "\n".join(broken)
