@@ -242,11 +242,12 @@ class HandServe:
         return ParallelEngine(self.cfg.max_pixels, self.metrics)
 
     def __is_ready__(self) -> bool:
-        """Ready when every worker process of this server is: any of them may get a request."""
-        if self._all_ready:
-            return True
+        """Ready when every worker process of this server is: any of them may get a request.
+        A worker that lost every model (its versions removed from disk) is not."""
         if not self.registry.ready:
             return False
+        if self._all_ready:
+            return True
         self._all_ready = len(list(_server_dir().glob("worker-*"))) >= WORKERS
         return self._all_ready
 
