@@ -44,7 +44,7 @@ from starlette.staticfiles import StaticFiles
 import handserve
 from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import balance, bento_guard, v2, v2_wire
+from service import balance, bento_guard, connections, v2, v2_wire
 from service import metrics as metrics_mod
 from service import reload as model_reload
 from service.config import ServiceConfig, load_service_config
@@ -80,6 +80,9 @@ bento_guard.refuse_empty_build()
 # Read at import because BentoML's decorator below takes the worker count, threads and timeout
 # as arguments; __init__ reads nothing more from here than these.
 CONFIG = load_service_config()
+# Slow clients are cut off in every worker (service.connections): installed before BentoML's
+# worker starts uvicorn, which it does after importing this module.
+connections.install(CONFIG.header_timeout_s, CONFIG.keep_alive_timeout_s)
 # Decided from the device node alone: the `bentoml serve` process imports this module too and
 # must not load TensorFlow just to count its workers.
 RUNTIME = choose_runtime_name(CONFIG.runtime, import_tensorflow=False)
