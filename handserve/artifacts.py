@@ -558,7 +558,7 @@ def staging_version(models_dir: Path, name: str) -> Iterator[tuple[Path, int]]:
     calls :func:`publish`. A folder left by a killed export keeps its number unused.
     """
     root = Path(models_dir) / validate_name(name)
-    _mkdirs_readable(root)
+    created = _mkdirs_readable(root)
     while True:
         version = next_version(models_dir, name)
         tmp = root / f"{_STAGING}{version}"
@@ -566,28 +566,46 @@ def staging_version(models_dir: Path, name: str) -> Iterator[tuple[Path, int]]:
             tmp.mkdir()
         except FileExistsError:
             continue  # another export reserved it a moment ago
+        except FileNotFoundError:  # a failed export of a new name removed root meanwhile
+            created = _mkdirs_readable(root)
+            continue
         if (root / str(version)).exists():  # its holder published it before we looked
             tmp.rmdir()
             continue
         break
     try:
         yield tmp, version
+    except OSError as exc:
+        # A write that failed without naming its file (a full disk in the middle of a write)
+        # names the folder it was writing, so the user learns where (handserve_cli.failures).
+        if exc.filename is None:
+            exc.filename = str(tmp)
+        raise
+    else:
+        created = []  # published: the folders made for it stay
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        for folder in reversed(created):  # nothing left behind: not even an empty NAME/
+            with contextlib.suppress(OSError):  # not empty: another export is using it
+                folder.rmdir()
 
 
-def _mkdirs_readable(folder: Path) -> None:
+def _mkdirs_readable(folder: Path) -> list[Path]:
     """``mkdir -p`` whose new folders are 0755 whatever the umask, so a server running as
-    another user can reach the versions inside (folders that exist are left as they are)."""
+    another user can reach the versions inside (folders that exist are left as they are).
+    Returns the folders it made, outermost first."""
     missing = []
     while not folder.exists():
         missing.append(folder)
         folder = folder.parent
+    made = []
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):
             path.mkdir()
+            made.append(path)
             path.chmod(DIR_MODE)
+    return made
 
 
 def _make_readable(folder: Path) -> None:

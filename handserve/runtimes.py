@@ -19,6 +19,7 @@ example never pays for it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 from pathlib import Path
@@ -117,16 +118,19 @@ def _padded_size(n: int) -> int:
 
 
 class _Interpreters:
-    """One pool slot: interpreters of one file by batch size, used by one thread at a time.
+    """One pool slot: interpreters of one model by batch size, used by one thread at a time.
 
     Resizing an interpreter's input re-plans its memory (milliseconds), so each batch size gets
-    its own interpreter, built on first use and kept.
+    its own interpreter, built on first use and kept. Every one is built from the model's bytes
+    in memory, never from its file: a batch size first seen an hour after loading must not
+    depend on the version folder still being there (an operator may have deleted it).
     """
 
-    def __init__(self, path: Path, num_threads: int | None) -> None:
+    def __init__(self, content: bytes, num_threads: int | None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self._make = lambda: Interpreter(model_path=str(path), num_threads=num_threads)
+        # The interpreter keeps a reference to ``content`` (the flatbuffer is not copied).
+        self._make = lambda: Interpreter(model_content=content, num_threads=num_threads)
         self._by_size: dict[int, tuple[Any, int, int]] = {}
         probe = self._get(1)[0]
         self.details = probe.get_input_details()[0], probe.get_output_details()[0]
@@ -166,6 +170,9 @@ class LiteRTRuntime:
 
     Integer (int8/uint8) inputs are quantized with the scale and zero point stored in the file
     itself and integer outputs dequantized, so callers always pass raw pixels and get floats.
+
+    The file is read once, here; ``content`` holds its bytes (what :func:`open_runtime` checks
+    against the manifest's checksum) and every interpreter is built from them.
     """
 
     name = artifacts.TFLITE_FP32.runtime
@@ -174,11 +181,15 @@ class LiteRTRuntime:
         self.path = Path(path)
         self.file = self.path.name
         self.instances = max(1, int(instances))
+        try:
+            self.content = self.path.read_bytes()
+        except OSError as exc:
+            raise ArtifactError(self.path, f"cannot read the model file: {exc.strerror}") from exc
         self._pool: queue.SimpleQueue[_Interpreters] = queue.SimpleQueue()
-        first = _Interpreters(self.path, num_threads)
+        first = _Interpreters(self.content, num_threads)
         self._pool.put(first)
         for _ in range(self.instances - 1):
-            self._pool.put(_Interpreters(self.path, num_threads))
+            self._pool.put(_Interpreters(self.content, num_threads))
         inp, out = first.details
         self.input_shape = tuple(int(d) for d in inp["shape"][1:])
         self.input_dtype = np.dtype(inp["dtype"])
@@ -312,6 +323,14 @@ def open_runtime(
     built = RUNTIMES[runtime](
         version_dir / served.path, num_threads=num_threads, instances=instances
     )
+    if isinstance(built, LiteRTRuntime):
+        # The bytes the interpreters run are the bytes whose checksum was verified: a file
+        # replaced between the check and this read is refused, not served unverified.
+        want_sha = next(e.sha256 for e in manifest.files if e.path == served.path)
+        if hashlib.sha256(built.content).hexdigest() != want_sha:
+            raise ArtifactError(
+                version_dir / served.path, "the file changed after its checksum was verified"
+            )
     entry = next((f for f in manifest.formats.values() if f.path == served.path), None)
     want = manifest.input_shape_of(entry) if entry is not None else manifest.input.shape
     if tuple(built.input_shape) != want or not manifest.input.accepts(want):

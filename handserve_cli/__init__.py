@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from handserve_cli.failures import storage_failure
 from handserve_cli.native_logs import drop_native_log_lines
 
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -109,3 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A full disk, a read-only folder, a missing permission: one line naming the path and
+        # the cause (handserve_cli.failures); any other exception keeps its traceback.
+        line = storage_failure(exc)
+        if line is None:
+            raise
+        print(f"handserve {command}: {line}", file=sys.stderr)
+        return 1

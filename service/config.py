@@ -112,6 +112,18 @@ class ServiceConfig(Settings):
     # A client that stalls mid-body would otherwise hold a slot until timeout_s. A photo of a
     # few hundred kB arrives in well under a second; raise this for large bodies on slow links.
     body_timeout_s: float = setting(5.0, "seconds to receive the whole body (408 beyond)", gt=0)
+    # The same for the headers (service.connections): from connecting, or from a kept-alive
+    # request's first byte, to the end of its headers. A few hundred bytes arrive in well under
+    # a second on any link; a client still sending after 10 s holds a descriptor for nothing.
+    header_timeout_s: float = setting(
+        10.0, "seconds to receive a request's headers (408 and closed beyond)", gt=0
+    )
+    # Idle time between two requests of a connection: uvicorn's and BentoML's default, 5 s.
+    # Behind a load balancer that reuses connections, set it above the balancer's own idle
+    # timeout (60 s on AWS ALB), or the balancer may send a request on a connection being closed.
+    keep_alive_timeout_s: float = setting(
+        5.0, "seconds an idle keep-alive connection stays open", gt=0
+    )
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "largest decoded image, w*h", ge=1)
     # A small body can declare a lot of pixels (64 photos of 40 MP fit in 3 MB and cost minutes
     # of decoding). Counted as decoded (a JPEG at its reduced DCT scale), before decoding: 200 MP

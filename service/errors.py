@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     "unsupported_media_type": 415,
     "unsupported_format": 415,
     "body_timeout": 408,
+    "header_timeout": 408,  # answered by service.connections, before any route runs
     "unknown_model": 404,
     "unknown_version": 404,
     "not_found": 404,

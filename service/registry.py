@@ -10,6 +10,13 @@ runtime reads must be present: a LiteRT Bento carries only ``manifest.json`` and
 (see ``bentofile.yaml``), a SavedModel one the ``saved_model/`` folder. With
 ``reload_interval_s`` (:mod:`service.reload`) a newer version that appears later is loaded the
 same way and switched to with :meth:`ModelRegistry.switch`.
+
+Nothing a version serves is read from its folder once it is loaded (the runtimes hold the model
+in memory), so a folder deleted under a running server never turns into an error. With reload
+on, :meth:`ModelRegistry.removed` finds served versions whose files are gone and the watcher
+falls back to the newest remaining version or unloads the model (docs/service.md, "Versions
+removed from disk"); with reload off the server keeps serving, and ``/models`` says
+``"on_disk": false``.
 """
 
 from __future__ import annotations
@@ -61,6 +68,15 @@ class RefusedModel:
     reason: str
 
 
+@dataclass(frozen=True)
+class UnloadedModel:
+    """A model whose served version was removed from disk and that has no version left."""
+
+    name: str
+    version: int
+    reason: str
+
+
 class ModelRegistry:
     """All models of one worker; ``ready`` turns true once every model is loaded and warm."""
 
@@ -71,7 +87,10 @@ class ModelRegistry:
         self.refused: list[RefusedModel] = []
         self.runtime_name: str | None = None
         self.names: list[str] = []  # every model of the folder (and pinned), served or not
+        #: Models unloaded because their last version left the disk (reload on), by name.
+        self.unloaded: dict[str, UnloadedModel] = {}
         self._ready = threading.Event()
+        self._emptied = False  # was ready, then lost every model to unload()
         self.load_error: str | None = None
 
     @property
@@ -132,6 +151,13 @@ class ModelRegistry:
         """
         old = self.models.get(model.name)
         self.models[model.name] = model
+        self.unloaded.pop(model.name, None)
+        if self._emptied:
+            # The worker had nothing left to serve (every version removed) and has again.
+            self._emptied = False
+            self.load_error = None
+            self._ready.set()
+            log.info("serving again: %s/%s", model.name, model.version)
         if model.name not in self.names:
             self.names = sorted({*self.names, model.name})
         if self.metrics is not None:
@@ -149,6 +175,48 @@ class ModelRegistry:
             runtime=model.runtime.name,
             sha256=model.sha256,
         )
+
+    # ------------------------------------------------------------------ versions leaving disk
+    def on_disk(self, model: LoadedModel) -> bool:
+        """Whether the served version's manifest and the file it runs are still in its folder."""
+        vdir = model.version_dir
+        return (vdir / artifacts.MANIFEST).is_file() and (vdir / model.runtime.file).exists()
+
+    def removed(self) -> list[LoadedModel]:
+        """Served versions whose files left the disk (the reload watcher acts on them)."""
+        return [m for m in list(self.models.values()) if not self.on_disk(m)]
+
+    def fallbacks(self, model: LoadedModel) -> list[int]:
+        """Versions that may replace a removed one, newest first: those still on disk and not
+        refused before; none for a pinned name (pinned means that version and no other)."""
+        if model.name in self.cfg.versions:
+            return []
+        tried = {r.version for r in self.refused if r.name == model.name}
+        versions = artifacts.list_versions(Path(self.cfg.models_dir), model.name)
+        return [v for v in reversed(versions) if v != model.version and v not in tried]
+
+    def unload(self, model: LoadedModel, reason: str) -> None:
+        """Stop serving ``model`` (its files are gone and no version can replace it).
+
+        Requests naming it get 404 ``unknown_model`` with the reason, requests for the default
+        model 503 ``model_unavailable``; when no model is left the worker turns unready
+        (``/readyz`` 503, predictions 503 ``not_ready`` with the reason) until a version is
+        published again and loaded by the watcher.
+        """
+        if self.models.get(model.name) is not model:
+            return
+        del self.models[model.name]
+        self.unloaded[model.name] = UnloadedModel(model.name, model.version, reason)
+        if self.metrics is not None:
+            self._info(model).set(0)
+        log.error("unloaded %s/%s: %s", model.name, model.version, reason)
+        if not self.models and self._ready.is_set():
+            self.load_error = (
+                f"no model is served: {model.name} version {model.version} was unloaded ({reason})"
+            )
+            self._emptied = True
+            self._ready.clear()
+            log.error("%s; /readyz answers 503 until a version is published", self.load_error)
 
     def pending(self) -> list[tuple[str, int]]:
         """Newest published versions not yet served nor refused (pinned names never move)."""
@@ -264,14 +332,22 @@ class ModelRegistry:
             refused = next((r for r in self.refused if r.name == name), None)
             served = ", ".join(sorted(self.models)) or "none"
             if asked is None:
-                why = f"refused at start: {refused.reason}" if refused else "it is not served"
+                gone = self.unloaded.get(name)
+                if gone is not None:
+                    why = f"version {gone.version} was unloaded: {gone.reason}"
+                else:
+                    why = f"refused at start: {refused.reason}" if refused else "it is not served"
                 raise ApiError(
                     "model_unavailable",
                     f"the default model {name!r} is unavailable ({why}); name another model "
                     f"with model= (served: {served})",
                     headers={"Retry-After": "60"},
                 )
-            why = f" (refused at start: {refused.reason})" if refused else ""
+            gone = self.unloaded.get(name)
+            if gone is not None:
+                why = f" (version {gone.version} was unloaded: {gone.reason})"
+            else:
+                why = f" (refused at start: {refused.reason})" if refused else ""
             raise ApiError("unknown_model", f"model {name!r} is not served{why}; served: {served}")
         if version is not None and version != model.version:
             raise ApiError(
@@ -292,6 +368,9 @@ class ModelRegistry:
                     "name": name,
                     "version": m.version,
                     "versions": artifacts.list_versions(root, name),
+                    # False once the served version's files left the disk: still served from
+                    # memory (reload off), or about to be replaced or unloaded (reload on).
+                    "on_disk": self.on_disk(m),
                     "default": name == self.default_name(),
                     "labels": man.labels,
                     "input": {
@@ -321,5 +400,9 @@ class ModelRegistry:
             "models": out,
             "refused": [
                 {"name": r.name, "version": r.version, "reason": r.reason} for r in self.refused
+            ],
+            "unloaded": [
+                {"name": u.name, "version": u.version, "reason": u.reason}
+                for u in sorted(self.unloaded.values(), key=lambda u: u.name)
             ],
         }

@@ -8,6 +8,11 @@ the current versions keep serving; then the worker switches to it in one step
 finish on it. A version that fails is refused (logged, listed in ``/models``) and not tried
 again; the old version keeps serving. Pinned names (``versions``) never move.
 
+A served version whose files leave the disk (its folder deleted) is replaced on the next scan
+by the newest remaining version that loads, or, when none is left (or the name is pinned),
+unloaded (:meth:`service.registry.ModelRegistry.unload`; docs/service.md, "Versions removed from
+disk").
+
 Exports are published by renaming a finished staging folder (``handserve.artifacts.publish``),
 so a version folder that exists is complete; ``.staging-*`` folders are not versions. Each
 worker process reloads on its own, a scan interval apart at most.
@@ -29,6 +34,9 @@ log = logging.getLogger(__name__)
 #: What the engine must do with a loaded model before it takes traffic (BentoML's batching
 #: dispatcher fits its latency model on a dozen calls); None when nothing is needed.
 WarmUp = Callable[[LoadedModel], Awaitable[None]]
+
+#: Why a model was unloaded, as ``/models``, the logs and refused requests say it.
+REMOVED = "its files were removed from disk"
 
 
 class ModelWatcher:
@@ -76,22 +84,36 @@ class ModelWatcher:
                 log.exception("scanning %s for new versions failed", self.registry.cfg.models_dir)
 
     async def check_once(self) -> list[tuple[str, int]]:
-        """Load every pending version and switch to those that pass; returns the switched."""
+        """Replace or unload served versions whose files are gone, then load every pending
+        version and switch to those that pass; returns the versions switched to."""
         switched = []
+        for gone in await anyio.to_thread.run_sync(self.registry.removed):
+            log.warning("%s/%s was removed from disk", gone.name, gone.version)
+            for version in await anyio.to_thread.run_sync(self.registry.fallbacks, gone):
+                if await self._load(gone.name, version):
+                    switched.append((gone.name, version))
+                    break
+            else:
+                self.registry.unload(gone, REMOVED)
         pending = await anyio.to_thread.run_sync(self.registry.pending)
         for name, version in pending:
             log.info("new version %s/%s: loading", name, version)
-            model, reason = await anyio.to_thread.run_sync(self.registry.try_load, name, version)
-            if model is None:
-                self.registry.refuse(name, version, reason)
-                continue
-            if self.warm_up is not None:
-                await self.warm_up(model)
-            self.registry.switch(model)
-            switched.append((name, version))
+            if await self._load(name, version):
+                switched.append((name, version))
         if switched:
             self._changed.set()
         return switched
+
+    async def _load(self, name: str, version: int) -> bool:
+        """Load, verify and warm one version in a thread, then serve it; False if refused."""
+        model, reason = await anyio.to_thread.run_sync(self.registry.try_load, name, version)
+        if model is None:
+            self.registry.refuse(name, version, reason)
+            return False
+        if self.warm_up is not None:
+            await self.warm_up(model)
+        self.registry.switch(model)
+        return True
 
 
 def start(registry: ModelRegistry, engine: object) -> ModelWatcher | None:

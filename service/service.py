@@ -39,7 +39,7 @@ from starlette.staticfiles import StaticFiles
 import handserve
 from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import balance, bento_guard, deadline, v2, v2_http, workers
+from service import balance, bento_guard, connections, deadline, v2, v2_http, workers
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
@@ -73,6 +73,9 @@ bento_guard.refuse_empty_build()
 # Read at import because BentoML's decorator below takes the worker count, threads and timeout
 # as arguments; __init__ reads nothing more from here than these.
 CONFIG = load_service_config()
+# Slow clients are cut off in every worker (service.connections): installed before BentoML's
+# worker starts uvicorn, which it does after importing this module.
+connections.install(CONFIG.header_timeout_s, CONFIG.keep_alive_timeout_s)
 # Decided from the device node alone: the `bentoml serve` process imports this module too and
 # must not load TensorFlow just to count its workers.
 RUNTIME = choose_runtime_name(CONFIG.runtime, import_tensorflow=False)
@@ -207,13 +210,12 @@ class HandServe:
             await asyncio.shield(self._loader)
 
     def __is_ready__(self) -> bool:
-        """Ready when every worker process of this server is: any of them may get a request."""
-        if self._all_ready:
-            return True
+        """Ready when every worker process of this server is: any of them may get a request.
+        A worker that lost every model (its versions removed from disk) is not."""
         if not self.plane.ready:
             return False
-        if bentoml.server_context.worker_index is None:  # one instance in a test, no peers
-            return True
+        if self._all_ready or bentoml.server_context.worker_index is None:
+            return True  # (in a test: one instance, no peers)
         self._all_ready = workers.ready_count() >= WORKERS
         return self._all_ready
 

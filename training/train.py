@@ -219,15 +219,22 @@ def _run_name(cfg: TrainConfig, runs_dir: Path) -> str:
 
 @contextlib.contextmanager
 def partial_run_dir(runs_dir: Path, name: str) -> Iterator[Path]:
-    """Yield ``runs/.NAME.partial``; rename to ``runs/NAME`` on success, delete on any failure."""
+    """Yield ``runs/.NAME.partial``; rename to ``runs/NAME`` on success, delete on any failure
+    (with ``runs/`` itself when it was made here and is empty: nothing is left behind)."""
+    made_runs_dir = not runs_dir.exists()
     runs_dir.mkdir(parents=True, exist_ok=True)
     partial = runs_dir / f".{name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
     try:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir()
         yield partial
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if made_runs_dir:
+            with contextlib.suppress(OSError):  # not empty: another run is being written
+                runs_dir.rmdir()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(partial)  # a full disk mid-write: say which folder (see the CLI)
         raise
     partial.rename(runs_dir / name)

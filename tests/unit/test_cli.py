@@ -131,3 +131,32 @@ def test_native_log_lines_are_dropped_and_the_rest_kept(capfd) -> None:
         os.write(2, b"error: kept\n")
     err = capfd.readouterr().err
     assert err == "error: kept\n"
+
+
+def test_storage_failures_become_path_and_cause_and_nothing_else_does() -> None:
+    """handserve_cli.failures on the shapes the real commands raise (tests/export/
+    test_cli_storage_errors.py runs them); any other error keeps its traceback."""
+    import errno
+
+    from handserve_cli.failures import storage_failure
+
+    copy = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/run/model.keras", None, "/m/a")
+    assert storage_failure(copy) == f"/m/a: {os.strerror(errno.ENOSPC)}"  # the destination
+    try:
+        try:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/m/x")
+        except OSError as exc:
+            raise ValueError("saving failed") from exc
+    except ValueError as wrapped:
+        assert storage_failure(wrapped) == f"/m/x: {os.strerror(errno.EACCES)}"
+    assert storage_failure(OSError(errno.EROFS, "x")) == os.strerror(errno.EROFS)
+    assert storage_failure(FileNotFoundError(errno.ENOENT, "x", "/m")) is None
+    assert storage_failure(ValueError("no")) is None
+
+    class ResourceExhaustedError(Exception):  # TensorFlow's, as its module names it
+        __module__ = "tensorflow.python.framework.errors_impl"
+
+    disk = ResourceExhaustedError("{{function_node f}} /m/v/part.tempstate1; Disk full [Op:SaveV2]")
+    assert storage_failure(disk) == "/m/v/part.tempstate1: Disk full"
+    oom = ResourceExhaustedError("OOM when allocating tensor with shape[9] [Op:MatMul]")
+    assert storage_failure(oom) is None  # memory, not storage: a traceback

@@ -268,3 +268,25 @@ def test_open_runtime_checks_the_file_against_the_manifest(
         runtimes.open_runtime(tmp_path, manifest((SIZE + 1, SIZE, 1), files), runtime="litert")
     with pytest.raises(ArtifactError, match="no checksum in the manifest"):
         runtimes.open_runtime(tmp_path, manifest((SIZE, SIZE, 1), []), runtime="litert")
+    other = tmp_path / "other.tflite"  # a file swapped in after its checksum was taken
+    shutil.copy(tflite["rgb"], other)
+    changed = [artifacts.FileEntry(served.path, 1, artifacts.sha256_file(other))]
+    with pytest.raises(ArtifactError, match="changed after its checksum was verified"):
+        runtimes.open_runtime(tmp_path, manifest((SIZE, SIZE, 1), changed), runtime="litert")
+
+
+def test_interpreters_of_every_batch_size_are_built_without_the_file(
+    tflite: dict[str, Path], tmp_path: Path
+) -> None:
+    """The file is read once: a batch size first seen after the version folder was deleted
+    (an operator's ``rm -rf``) still runs, from the bytes in memory."""
+    path = tmp_path / "model.tflite"
+    shutil.copy(tflite["fp32"], path)
+    runtime = runtimes.LiteRTRuntime(path, instances=2)
+    path.unlink()
+    tmp_path.rmdir()
+    for n in (3, 5, 33, runtimes.MAX_CALL_BATCH + 1):  # sizes 4, 8, 64: none built yet
+        x = images(n, seed=n)
+        np.testing.assert_allclose(runtime.predict(x), reference(x), atol=1e-5)
+    with pytest.raises(ArtifactError, match="cannot read the model file"):
+        runtimes.LiteRTRuntime(path)
