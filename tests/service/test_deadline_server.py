@@ -36,6 +36,9 @@ def test_a_request_past_the_timeout_gets_504_in_its_shape_and_stops(
         "HANDSERVE_TIMEOUT_S": "0.5",
         "HANDSERVE_WORKERS": "1",
         "HANDSERVE_DEFAULT_MODEL": "tiny",
+        # 64 images of 6 MP: inside the pixel budget, so it is the timeout that answers
+        "HANDSERVE_MAX_REQUEST_PIXELS": "500000000",
+        "HANDSERVE_MAX_INFLIGHT_PIXELS": "1000000000",
     }
     images = [big_png(i) for i in range(64)]
     with running_server(service_models, tmp_path, env) as (url, proc, _):
