@@ -41,11 +41,10 @@ def install(header_timeout_s: float, keep_alive_timeout_s: float) -> None:
     import, which BentoML's worker does before it starts uvicorn.
     """
     global GuardedHTTPProtocol
-    from uvicorn import config as uvicorn_config
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from handserve.adapters import uvicorn as adapter  # uvicorn's internals, in one place
 
-    GuardedHTTPProtocol = guarded(AutoHTTPProtocol, header_timeout_s, keep_alive_timeout_s)
-    uvicorn_config.HTTP_PROTOCOLS["auto"] = f"{__name__}:GuardedHTTPProtocol"
+    GuardedHTTPProtocol = guarded(adapter.auto_protocol(), header_timeout_s, keep_alive_timeout_s)
+    adapter.register_auto(f"{__name__}:GuardedHTTPProtocol")
 
 
 def guarded(
