@@ -305,6 +305,10 @@ def build_model(
         ModelError: unknown backbone, unusable size or weights.
     """
     spec = get_spec(cfg.backbone)
+    if spec.preprocessing == "hand_features":
+        raise ModelError(
+            f"{spec.name} reads hand records, not images: training.hand_head builds its head"
+        )
     h, w, c = (int(v) for v in input_shape)
     if c not in (1, 3):
         raise ModelError(f"images must have 1 or 3 channels, got {c}")

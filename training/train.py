@@ -179,6 +179,8 @@ def _train_hands(cfg: TrainConfig, runs_dir: Path, name: str, verbose: int) -> T
             )
         )
         run.write_labels(dataset.class_names)
+        if embedder is not None:  # the copy the export puts in the version folder
+            (run / hand_features.EMBEDDER_FILE).write_bytes(embedder)
         evaluate_mod.plot_confusion_matrix(
             confusion,
             dataset.class_names,
