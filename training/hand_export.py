@@ -168,6 +168,41 @@ def export_hand_run(
         return artifacts.publish(tmp, models_dir, name, version)
 
 
+def hand_inputs(
+    version_dir: Path, manifest: Manifest, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Features and labels to check a hand version on (``handserve verify``): its sample hands,
+    or every hand in the photos of ``data_dir`` (a folder of classes or of sources).
+
+    Raises:
+        ArtifactError: a class folder that is not one of the version's labels.
+    """
+    contract = manifest.hand_features
+    assert contract is not None
+    embedder = None
+    if contract.embedder is not None:
+        embedder = hand_features.GestureEmbedder(
+            (Path(version_dir) / contract.embedder).read_bytes()
+        )
+    if data_dir is None:
+        with np.load(Path(version_dir) / artifacts.SAMPLES) as samples:
+            records, y = np.asarray(samples["x"]), np.asarray(samples["y"])
+        what = f"{artifacts.SAMPLES} (sample hands)"
+    else:
+        from training.data import hands as hand_data
+
+        table = hand_data.load_table([data_dir])
+        unknown = [c for c in table.class_names if c not in manifest.labels]
+        if unknown:
+            raise artifacts.ArtifactError(
+                Path(data_dir), f"class folder(s) {unknown} are not labels of the model"
+            )
+        records = table.x
+        y = np.asarray([manifest.labels.index(table.class_names[i]) for i in table.y])
+        what = f"every hand in {data_dir} ({len(table.no_hand)} photos without one left out)"
+    return hand_features.features(records, contract.kind, embedder), y, what
+
+
 def _copy_files(run: RunFolder, dest: Path, embedder: bytes | None) -> None:
     for filename in (run_folder.MODEL, run_folder.LABELS, run_folder.SAMPLES):
         shutil.copy2(run.path / filename, dest / filename)

@@ -87,7 +87,15 @@ def test_a_hand_run_exports_every_format_with_a_hand_feature_contract(
     # the manifest reads back as written
     again = json.loads((version / "manifest.json").read_text())
     assert again["input"]["type"] == "hand_features"
-    # a server of images refuses it, naming why, instead of feeding the head pixels
+    # handserve verify: the sample hands, and every hand in a folder of photos
+    from training.verify import verify_version
+
+    report = verify_version(version)
+    assert not report.failures and report.images == 10  # the 10% test split, as samples
+    report = verify_version(version, data_dir=str(sign_folders[1]))
+    assert not report.failures and report.images == 14  # the photo without a hand left out
+    assert report.results[0].accuracy >= 0.9
+        # a server of images refuses it, naming why, instead of feeding the head pixels
     with pytest.raises(ArtifactError, match="hand-feature head"):
         artifacts.load_verified(version, "litert")
 
