@@ -95,7 +95,7 @@ def test_a_hand_run_exports_every_format_with_a_hand_feature_contract(
     report = verify_version(version, data_dir=str(sign_folders[1]))
     assert not report.failures and report.images == 14  # the photo without a hand left out
     assert report.results[0].accuracy >= 0.9
-        # a server of images refuses it, naming why, instead of feeding the head pixels
+    # a server of images refuses it, naming why, instead of feeding the head pixels
     with pytest.raises(ArtifactError, match="hand-feature head"):
         artifacts.load_verified(version, "litert")
 
