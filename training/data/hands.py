@@ -195,7 +195,7 @@ def records_for(root: Path, paths: list[Path], workers: int | None = None) -> np
         for i, rec in zip(todo, found, strict=True):
             known[keys[i]] = nan if rec is None else rec
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".partial.npz")
+        tmp = cache.with_name(f".{cache.stem}.{os.getpid()}.partial.npz")  # one per writer
         np.savez(
             tmp,
             models=np.asarray(models),
