@@ -329,3 +329,28 @@ def test_a_real_hand_is_reported_in_mediapipes_conventions(shared_data: Path) ->
     assert 0.04 < palm < 0.15  # metres, a human hand
     assert 0.0 <= (hand.handedness or 0) <= 1.0 and (hand.presence or 0) > 0.5
     assert hf.record(hand).shape == (hf.RECORD_SIZE,)
+
+
+def test_a_hand_found_in_a_turned_photo_is_turned_back(shared_data: Path) -> None:
+    """The upright photo's hand and the same hand found in the photo turned by a quarter, three
+    quarters and half a turn agree once turned back (pixels, world landmarks, depth)."""
+    from handserve import hands
+    from handserve.images import open_image
+
+    if not hands.models_available():
+        pytest.skip("MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)")
+    detector = hands.HandDetector()
+    photo = shared_data / "asl_photos" / "L" / "carbonara_1.jpg"
+    img = open_image(photo.read_bytes(), size=hands.DETECT_SIZE).convert("RGB")
+    upright = detector.hands(img)[0]
+    assert upright.world_landmarks is not None and upright.image_landmarks is not None
+    for turn in hands._TURNS:
+        (found,) = detector.hands(img.transpose(turn))[:1]
+        back = hands._turned_back(found, turn, img.size)
+        assert back.world_landmarks is not None and back.image_landmarks is not None
+        assert np.abs(back.landmarks - upright.landmarks).max() < 6  # pixels
+        assert np.abs(back.world_landmarks - upright.world_landmarks).max() < 0.01  # metres
+        np.testing.assert_allclose(
+            back.image_landmarks[:, :2] * img.size, back.landmarks, atol=1e-2
+        )
+        assert np.abs(back.image_landmarks[:, 2] - upright.image_landmarks[:, 2]).max() < 0.02

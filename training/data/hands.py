@@ -146,11 +146,16 @@ def list_photos(root: Path) -> list[_Photo]:
     return photos
 
 
+#: Bumped when the way hands are found changes (2: turned images tried when upright finds none),
+#: so no record of the old way is reused.
+RECORDS_VERSION = 2
+
+
 def _models_key() -> str:
-    """The hand models' checksums: records from other models are not reused."""
-    return hashlib.sha256(
-        "".join(sorted(hands.MODEL_SHA256.values())).encode() + str(hands.models_source()).encode()
-    ).hexdigest()[:16]
+    """The hand models' checksums and :data:`RECORDS_VERSION`: records found otherwise are not
+    reused."""
+    text = "".join(sorted(hands.MODEL_SHA256.values())) + str(hands.models_source())
+    return hashlib.sha256(f"{text}|{RECORDS_VERSION}".encode()).hexdigest()[:16]
 
 
 def _file_key(path: Path) -> str:
