@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import typing
 import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -199,6 +200,59 @@ class InputContract:
         return (self.height, self.width, self.channels)
 
 
+#: ``HandFeatures.kind`` values (:mod:`handserve.hand_features`).
+HAND_FEATURE_KINDS = ("landmarks", "embedder")
+
+
+@dataclass(frozen=True)
+class HandFeatures:
+    """What a hand-feature head takes: a photo's hand, found by MediaPipe's hand models and
+    turned into ``size`` floats by :mod:`handserve.hand_features` (docs/training.md, "Hand
+    features"). The manifest's ``input`` of such a version, in place of an image contract.
+
+    Attributes:
+        kind: ``landmarks`` (normalised landmarks) or ``embedder`` (MediaPipe's gesture
+            embedder on them).
+        size: floats per hand, the head's input tensor ``[N, size]`` (float32 in every file).
+        hand_models: the MediaPipe model files the hands were found with, by name, with their
+            sha256 (those :mod:`handserve.hands` checks). A server may run MediaPipe's official
+            ``hand_landmarker.task`` instead (``HANDSERVE_HAND_MODELS``): same models, not
+            checksummed by this project.
+        embedder: the version's own copy of the gesture embedder (a file of the version, so
+            listed with its sha256 in ``files``); None for ``landmarks``.
+        landmarks: the convention of a hand sent as landmarks instead of a photo: MediaPipe
+            HandLandmarker's fields (``hand_features.pack``).
+    """
+
+    kind: str
+    size: int
+    hand_models: dict[str, str]
+    embedder: str | None = None
+    landmarks: str = "mediapipe_hand_landmarker"
+    dtype: str = "float32"
+    crop: str | None = None  # never an image crop: lets code that asks about crops ask
+
+    def __post_init__(self) -> None:
+        if self.kind not in HAND_FEATURE_KINDS:
+            raise ValueError(f"input.kind must be one of {list(HAND_FEATURE_KINDS)}")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size <= 0:
+            raise ValueError(f"input.size must be a positive integer, got {self.size!r}")
+        if (self.kind == "embedder") != (self.embedder is not None):
+            raise ValueError("input.embedder names the embedder file exactly for kind embedder")
+        if not self.hand_models:
+            raise ValueError("input.hand_models must name the hand models")
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (self.size,)
+
+    def accepts(self, shape: tuple[int, ...]) -> bool:
+        return tuple(shape) == self.shape
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "hand_features", **asdict(self)}
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of the version folder, relative to it, with its size and checksum."""
@@ -239,6 +293,10 @@ class Manifest:
     name: str
     version: int
     labels: list[str]
+    #: The image contract; a hand head's version holds a :class:`HandFeatures` here instead
+    #: (read it through :attr:`hand_features`). Typed as the image contract because every
+    #: server path reads images: :func:`load_verified` refuses a hand version to a server
+    #: until the data plane serves hand features, so none of them ever holds one.
     input: InputContract
     formats: dict[str, FormatEntry]
     files: list[FileEntry]
@@ -253,16 +311,25 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def input_shape_of(self, entry: FormatEntry) -> tuple[int, int, int]:
-        """The input tensor shape (H, W, C) of one of this version's formats."""
+    def input_shape_of(self, entry: FormatEntry) -> tuple[int, ...]:
+        """The input tensor shape (H, W, C), or (size,) of a hand head, of one of its formats."""
         if entry.input_shape is None:
             return self.input.shape
-        h, w, c = entry.input_shape
-        return (h, w, c)
+        return tuple(entry.input_shape)
+
+    @property
+    def hand_features(self) -> HandFeatures | None:
+        """The hand-feature contract of a hand head's version, else None (an image model)."""
+        found: object = self.input
+        return found if isinstance(found, HandFeatures) else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["input"]["value_range"] = list(self.input.value_range)
+        hand = self.hand_features
+        if hand is not None:
+            data["input"] = hand.to_dict()
+        else:
+            data["input"]["value_range"] = list(self.input.value_range)
         return data
 
     @classmethod
@@ -284,17 +351,23 @@ class Manifest:
             ):
                 raise ValueError("labels must be a non-empty list of strings")
             inp = dict(data["input"])
-            inp["value_range"] = tuple(inp.get("value_range", (0.0, 255.0)))
-            contract = InputContract(**inp)
+            contract: InputContract | HandFeatures
+            if inp.pop("type", "image") == "hand_features":
+                contract = HandFeatures(**inp)
+            else:
+                inp["value_range"] = tuple(inp.get("value_range", (0.0, 255.0)))
+                contract = InputContract(**inp)
+            rank = len(contract.shape)
             formats = {k: FormatEntry(**v) for k, v in dict(data["formats"]).items()}
             for key, entry in formats.items():
                 shape = entry.input_shape
                 if shape is not None and (
                     not isinstance(shape, list)
-                    or len(shape) != 3
+                    or len(shape) != rank
                     or not all(isinstance(d, int) and d > 0 for d in shape)
                 ):
-                    raise ValueError(f"formats.{key}.input_shape must be [H, W, C], got {shape!r}")
+                    want = "[H, W, C]" if rank == 3 else "[size]"
+                    raise ValueError(f"formats.{key}.input_shape must be {want}, got {shape!r}")
             files = [FileEntry(**f) for f in data["files"]]
             version = data["version"]
             if not isinstance(version, int) or version <= 0:
@@ -303,7 +376,7 @@ class Manifest:
                 name=str(data["name"]),
                 version=version,
                 labels=labels,
-                input=contract,
+                input=typing.cast(InputContract, contract),  # a HandFeatures: see Manifest.input
                 formats=formats,
                 files=files,
                 created_at=str(data.get("created_at", "")),
@@ -427,6 +500,14 @@ def load_verified(
     if runtime is None:
         verify_files(version_dir, manifest)
         return manifest
+    if manifest.hand_features is not None:
+        # The server's image path would feed the head pixels: refuse until the data plane
+        # serves hand features (photo -> hands -> features -> head; docs/training.md).
+        raise ArtifactError(
+            version_dir / MANIFEST,
+            "a hand-feature head (input.type hand_features); this server serves image models "
+            "only so far",
+        )
     listed = {e.path for e in manifest.files}
     for path in served_format(runtime, litert_file).files(manifest):
         if path not in listed:

@@ -15,10 +15,19 @@ dependency) and MediaPipe's documented post-processing, so nothing else joins ``
 2. the hand region of each palm: the palm box rotated so the wrist-to-middle-finger line points
    up, scaled 2.6×, shifted half a box towards the fingers, squared
    (``mediapipe/modules/hand_landmark/palm_detection_detection_to_roi.pbtxt``);
-3. hand landmarks (``hand_landmark_lite.tflite``) on that region at 224×224: 21 points and a
-   hand-presence score (``hand_landmark_cpu.pbtxt``). When the palm detector finds nothing, the
-   landmark model looks once at the whole image: the palm detector misses hands that fill the
-   frame.
+3. hand landmarks (``hand_landmark_full.tflite``, the model MediaPipe's HandLandmarker uses on
+   phones and ``@mediapipe/hands`` in browsers) on that region at 224×224: 21 points with depth,
+   a hand-presence score, a handedness score and 21 world landmarks in metres
+   (``hand_landmark_cpu.pbtxt``). When the palm detector finds nothing, the landmark model looks
+   once at the whole image: the palm detector misses hands that fill the frame.
+
+Each :class:`Hand` carries everything the landmark model reports, converted as MediaPipe's
+HandLandmarker converts it (``hand_landmarks_detector_graph.cc``: ``TensorsToLandmarks`` with
+``normalize_z`` 0.4, ``LandmarkProjection``, ``WorldLandmarkProjection``, handedness as a binary
+classification whose score is the "Right" probability): the image landmarks as fractions of the
+image's width and height (z scaled like x), the world landmarks rotated with the hand's region,
+and the raw handedness score. A phone's HandLandmarker and this module therefore report the same
+numbers for the same hand, and :mod:`handserve.hand_features` builds a model's input from either.
 
 The files come from the ``mediapipe`` 0.10.21 wheel on PyPI (Apache-2.0), taken out of it at
 install time by ``scripts/fetch-hand-models.sh`` into ``.cache/hand_models/`` and checked
@@ -43,6 +52,7 @@ The crop rule (docs/training.md, "Hand crops"):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -63,12 +73,14 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / ".cache" / "hand_mode
 #: Environment variable naming another folder, or a ``hand_landmarker.task`` bundle.
 MODELS_ENV = "HANDSERVE_HAND_MODELS"
 PALM_MODEL = "palm_detection_full.tflite"
-LANDMARK_MODEL = "hand_landmark_lite.tflite"
+#: One landmark model everywhere (training, serving, phone, browser): the full one. On the shared
+#: photos it found as many hands as the lite one for about twice its time (docs/training.md).
+LANDMARK_MODEL = "hand_landmark_full.tflite"
 #: sha256 of the files in the ``mediapipe`` 0.10.21 wheels (every platform's wheel holds the
 #: same files); a file in the folder that differs is refused.
 MODEL_SHA256 = {
     PALM_MODEL: "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
-    LANDMARK_MODEL: "048edd3645c9bf7397d19a9f6e3a42957d6e414c9bea6598030a2e9b624156e6",
+    LANDMARK_MODEL: "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3",
 }
 #: Names of the two models inside MediaPipe's ``hand_landmarker.task`` bundle.
 TASK_MEMBERS = {
@@ -101,6 +113,8 @@ _NMS_IOU = 0.3
 _ROI_SCALE = 2.6
 _ROI_SHIFT_Y = -0.5
 _MIN_PRESENCE = 0.5
+# MediaPipe's extra z scale of image landmarks (hand_landmarks_detector_graph.cc).
+_NORMALIZE_Z = 0.4
 
 
 class NoHandError(ValueError):
@@ -118,17 +132,31 @@ class HandModelsMissing(RuntimeError):
     """The detector's model files are not installed (or not the expected ones)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing ndarrays field-wise is ambiguous
 class Hand:
-    """One detected hand in image pixels.
+    """One detected hand: everything the landmark model reports, in MediaPipe's conventions.
 
     Attributes:
-        box: the landmarks' bounding box ``(left, top, right, bottom)``.
-        landmarks: 21 × 2 array of (x, y), MediaPipe's hand landmark order.
+        box: the landmarks' bounding box ``(left, top, right, bottom)`` in pixels.
+        landmarks: 21 × 2 array of (x, y) in pixels, MediaPipe's hand landmark order.
+        image_landmarks: 21 × 3, as MediaPipe's HandLandmarker reports ``hand_landmarks``: x and
+            y as fractions of the image's width and height, z relative depth (wrist-relative,
+            scaled like x; smaller is nearer the camera). None for a hand made by hand in tests.
+        world_landmarks: 21 × 3 in metres around the hand's centre, rotated with the image
+            (``hand_world_landmarks``).
+        handedness: the model's handedness score, the probability MediaPipe's HandLandmarker
+            calls "Right" (its labels assume a mirrored, selfie image).
+        presence: the hand-presence score (over 0.5 for every hand returned).
+        image_size: ``(width, height)`` of the image the landmarks were found in.
     """
 
     box: tuple[float, float, float, float]
     landmarks: np.ndarray
+    image_landmarks: np.ndarray | None = None
+    world_landmarks: np.ndarray | None = None
+    handedness: float | None = None
+    presence: float | None = None
+    image_size: tuple[int, int] | None = None
 
     @property
     def area(self) -> float:
@@ -167,7 +195,7 @@ def models_available(source: Path | None = None) -> bool:
 #: Where each model file sits inside the mediapipe wheel.
 WHEEL_MEMBERS = {
     PALM_MODEL: "mediapipe/modules/palm_detection/palm_detection_full.tflite",
-    LANDMARK_MODEL: "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite",
+    LANDMARK_MODEL: "mediapipe/modules/hand_landmark/hand_landmark_full.tflite",
 }
 WHEEL_LICENSE = "mediapipe-0.10.21.dist-info/LICENSE"
 
@@ -315,10 +343,18 @@ class HandDetector:
         self._palm_scores, self._palm_boxes = (d["index"] for d in outs)  # [..,1] then [..,18]
         self._lm_in = self._landmark.get_input_details()[0]["index"]
         # Outputs in the model's order: 21×3 landmarks, hand presence, handedness, world
-        # landmarks; taken by size, the first of each, so a renamed tensor changes nothing.
+        # landmarks (MediaPipe splits them by position, SplitTensorVectorCalculator); taken by
+        # size in that order, so a renamed tensor changes nothing.
         outs = self._landmark.get_output_details()
-        self._lm_points = next(d["index"] for d in outs if int(np.prod(d["shape"])) == 63)
-        self._lm_presence = next(d["index"] for d in outs if int(np.prod(d["shape"])) == 1)
+        points = [d["index"] for d in outs if int(np.prod(d["shape"])) == 63]
+        scalars = [d["index"] for d in outs if int(np.prod(d["shape"])) == 1]
+        if len(points) != 2 or len(scalars) != 2:
+            raise HandModelsMissing(
+                f"{LANDMARK_MODEL}: expected outputs 21x3 landmarks, presence, handedness and "
+                "21x3 world landmarks"
+            )
+        self._lm_points, self._lm_world = points
+        self._lm_presence, self._lm_handedness = scalars
 
     def palms(self, img: Image.Image) -> list[tuple[np.ndarray, np.ndarray, float]]:
         """Palm boxes ``(x0, y0, x1, y1)`` and 7 keypoints in pixels, with scores."""
@@ -359,20 +395,30 @@ class HandDetector:
 
         When the palm detector finds nothing, the landmark model looks at the whole image once:
         MediaPipe's palm detector misses hands that fill the frame (close-ups, crops), which are
-        exactly the images the crop rule keeps whole.
+        exactly the images the crop rule keeps whole. When that finds nothing either, the image
+        is looked at again turned by a quarter, three quarters and half a turn (the first that
+        finds a hand wins; its landmarks are turned back): the palm detector misses many hands
+        pointing down or sideways (Q, G, H, P), and on the shared sign photos the turns found a
+        hand in 94 of the 146 photos where none was found upright (docs/training.md).
         """
         rgb = img.convert("RGB")
+        found = self._upright_hands(rgb)
+        for turn in () if found else _TURNS:
+            found = self._upright_hands(rgb.transpose(turn))
+            if found:
+                return [_turned_back(hand, turn, rgb.size) for hand in found]
+        return found
+
+    def _upright_hands(self, rgb: Image.Image) -> list[Hand]:
         found = []
         regions = [self._palm_region(box, points) for box, points, _ in self.palms(rgb)]
         if not regions:
             width, height = rgb.size
             regions = [(width / 2, height / 2, max(width, height), 0.0)]
         for region in regions:
-            landmarks = self._landmarks(rgb, *region)
-            if landmarks is None:
-                continue
-            (left, top), (right, bottom) = landmarks.min(0), landmarks.max(0)
-            found.append(Hand((left, top, right, bottom), landmarks))
+            hand = self._landmarks(rgb, *region)
+            if hand is not None:
+                found.append(hand)
         return sorted(found, key=lambda h: -h.area)
 
     @staticmethod
@@ -390,8 +436,8 @@ class HandDetector:
 
     def _landmarks(
         self, img: Image.Image, cx: float, cy: float, side: float, angle: float
-    ) -> np.ndarray | None:
-        """The 21 landmarks in a square region, or None if the model sees no hand there."""
+    ) -> Hand | None:
+        """The hand in a square region, or None if the model sees no hand there."""
         cos, sin = math.cos(angle), math.sin(angle)
         # Affine map from the 224-px region to the image: rotate by angle, scale side / 224.
         unit = side / _LANDMARK_SIZE
@@ -412,10 +458,74 @@ class HandDetector:
         presence = float(self._landmark.get_tensor(self._lm_presence).reshape(-1)[0])
         if presence < _MIN_PRESENCE:
             return None
-        local = self._landmark.get_tensor(self._lm_points).reshape(21, 3)[:, :2]
+        local = self._landmark.get_tensor(self._lm_points).reshape(21, 3).astype(np.float64)
         xs = a * local[:, 0] + b * local[:, 1] + c
         ys = d * local[:, 0] + e * local[:, 1] + f
-        return np.stack([xs, ys], axis=1)
+        pixels = np.stack([xs, ys], axis=1)
+        width, height = img.size
+        # LandmarkProjectionCalculator: z scaled as x, by the region's width over the image's.
+        zs = local[:, 2] / _LANDMARK_SIZE / _NORMALIZE_Z * (side / width)
+        image = np.stack([xs / width, ys / height, zs], axis=1).astype(np.float32)
+        # WorldLandmarkProjectionCalculator: x, y rotated by the region's rotation; z kept.
+        raw = self._landmark.get_tensor(self._lm_world).reshape(21, 3).astype(np.float64)
+        world = np.stack(
+            [cos * raw[:, 0] - sin * raw[:, 1], sin * raw[:, 0] + cos * raw[:, 1], raw[:, 2]],
+            axis=1,
+        ).astype(np.float32)
+        handedness = float(self._landmark.get_tensor(self._lm_handedness).reshape(-1)[0])
+        (left, top), (right, bottom) = pixels.min(0), pixels.max(0)
+        return Hand(
+            (float(left), float(top), float(right), float(bottom)),
+            pixels.astype(np.float32),
+            image_landmarks=image,
+            world_landmarks=world,
+            handedness=handedness,
+            presence=presence,
+            image_size=(width, height),
+        )
+
+
+#: The turns tried when an upright image shows no hand, in order (Pillow's transposes:
+#: ROTATE_90 turns the image a quarter turn counter-clockwise).
+_TURNS = (
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.ROTATE_180,
+)
+
+
+def _turned_back(hand: Hand, turn: Image.Transpose, size: tuple[int, int]) -> Hand:
+    """A hand found in the image turned by ``turn``, in the upright image of ``size``.
+
+    Pixels and image landmarks are mapped back, world landmarks turned back about the camera's
+    axis, and the image landmarks' z rescaled to the upright image's width (MediaPipe scales z
+    like x).
+    """
+    width, height = size
+    px, py = hand.landmarks[:, 0].astype(np.float64), hand.landmarks[:, 1].astype(np.float64)
+    if turn == Image.Transpose.ROTATE_90:  # upright (x, y) -> turned (y, W - x)
+        xs, ys, rot = width - py, px, np.array([[0.0, -1.0], [1.0, 0.0]])
+    elif turn == Image.Transpose.ROTATE_270:  # upright (x, y) -> turned (H - y, x)
+        xs, ys, rot = py, height - px, np.array([[0.0, 1.0], [-1.0, 0.0]])
+    else:  # ROTATE_180: upright (x, y) -> turned (W - x, H - y)
+        xs, ys, rot = width - px, height - py, -np.eye(2)
+    pixels = np.stack([xs, ys], axis=1)
+    image = world = None
+    if hand.image_landmarks is not None and hand.image_size is not None:
+        z = hand.image_landmarks[:, 2] * hand.image_size[0] / width
+        image = np.stack([xs / width, ys / height, z], axis=1).astype(np.float32)
+    if hand.world_landmarks is not None:
+        w = hand.world_landmarks.astype(np.float64)
+        world = np.concatenate([w[:, :2] @ rot.T, w[:, 2:]], axis=1).astype(np.float32)
+    (left, top), (right, bottom) = pixels.min(0), pixels.max(0)
+    return dataclasses.replace(
+        hand,
+        box=(float(left), float(top), float(right), float(bottom)),
+        landmarks=pixels.astype(np.float32),
+        image_landmarks=image,
+        world_landmarks=world,
+        image_size=(width, height),
+    )
 
 
 _local = threading.local()
@@ -481,3 +591,20 @@ def crop_hand(img: Image.Image, hand_detector: HandDetector | None = None) -> Im
     """
     found = find_crop(img, hand_detector)
     return img if found.whole else img.crop(found.box)
+
+
+def find_hand(img: Image.Image, hand_detector: HandDetector | None = None) -> Hand:
+    """The largest hand in an upright image, with everything the landmark model reports.
+
+    The same choice as the crop rule (the largest hand by landmark box; a second, smaller hand
+    is ignored), for models that read the hand's landmarks rather than its pixels.
+
+    Raises:
+        NoHandError: no hand found.
+        HandModelsMissing: the detector's files are not installed.
+    """
+    found = (hand_detector or detector()).hands(img)
+    if not found:
+        width, height = img.size
+        raise NoHandError(f"no hand found in the {width}x{height} image")
+    return max(found, key=lambda h: h.area)

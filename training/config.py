@@ -65,6 +65,11 @@ class TrainConfig(Settings):
     dataset: Dataset = setting("digits", "the data set (digits: embedded, no download)")
     # None: download (mnist) or fail with a message naming this flag.
     data_dir: str | None = setting(None, "folder with the dataset files (IDX/npz, CSVs, or images)")
+    # The shared sign photos come as several folders (one per collection, each of several
+    # sources); a hand-feature run trains on all of them at once (training.data.hands).
+    extra_data_dirs: list[str] | None = setting(
+        None, "more folders trained together with --data-dir (hand-feature backbones)"
+    )
     # Folder datasets have no native size; 96 keeps MobileNet features useful and CPU-cheap.
     image_size: int = setting(
         96, "native height/width images of a folder dataset are resized to", ge=8
@@ -120,6 +125,12 @@ class TrainConfig(Settings):
     # Off for every dataset, folders included: a mirrored hand can be another sign (or the other
     # hand), a mirrored digit is not a digit. configs/objects.yaml turns it on for objects.
     flip: bool = setting(False, "random horizontal flip (on for photos of objects, off for hands)")
+    # Hand-feature backbones: each training hand joins the data with this many randomly turned,
+    # tilted, scaled, jittered and mirrored copies (handserve.hand_features.augment), drawn once
+    # per run from the seed; 0 (or --no-augment): the hands as found.
+    hand_copies: int = setting(
+        8, "augmented copies of each training hand (hand-feature backbones)", ge=0
+    )
     # MixUp (Zhang et al. 2018) blends pairs of training images and their labels, with weights
     # drawn from Beta(mixup, mixup): on a small folder a fine-tuned backbone otherwise learns
     # its training images by heart (training loss 0.002 on the fruit photos). 0: off; like the

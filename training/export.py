@@ -27,6 +27,7 @@ from handserve.artifacts import (
     EMBEDDED_LABELS,
     EMBEDDED_METADATA,
     FormatEntry,
+    HandFeatures,
     InputContract,
     Manifest,
 )
@@ -102,7 +103,9 @@ def _load_model(run: FinishedRun) -> Any:
 # SavedModel
 
 
-def write_saved_model(model: Any, path: Path, contract: InputContract) -> None:
+def write_saved_model(
+    model: Any, path: Path, contract: InputContract | HandFeatures, input_name: str = INPUT_NAME
+) -> None:
     """A SavedModel whose ``serving_default`` calls the model with ``training=False``.
 
     Keras' ``model.export`` keeps augmentation layers active (docs/artifacts.md); an explicit
@@ -116,7 +119,7 @@ def write_saved_model(model: Any, path: Path, contract: InputContract) -> None:
     archive.add_endpoint(
         name="serving_default",
         fn=lambda images: {OUTPUT_NAME: model(images, training=False)},
-        input_signature=[tf.TensorSpec((None, *contract.shape), tf.float32, name=INPUT_NAME)],
+        input_signature=[tf.TensorSpec((None, *contract.shape), tf.float32, name=input_name)],
     )
     archive.write_out(str(path), verbose=False)
 
@@ -160,6 +163,12 @@ def export_run(
     """
     models_dir = Path(models_dir)
     artifacts.validate_name(name)
+    from training import hand_export  # it builds on this module
+
+    if hand_export.is_hand_run(run_dir):
+        return hand_export.export_hand_run(
+            run_dir, models_dir, name, verify=verify, num_threads=num_threads, formats=formats
+        )
     run = read_run(run_dir)
     model = _load_model(run)
     with artifacts.staging_version(models_dir, name) as (tmp, version):

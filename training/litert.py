@@ -40,6 +40,7 @@ def convert_tflite(
     calibration: np.ndarray | None = None,
     *,
     rgb: bool = False,
+    float_input: bool = False,
 ) -> tuple[bytes, FormatEntry]:
     """Convert the SavedModel to LiteRT with built-in operators only.
 
@@ -51,6 +52,8 @@ def convert_tflite(
     Args:
         rgb: ``saved_model`` is a grayscale model's RGB entry point
             (:func:`write_rgb_saved_model`): the grey calibration images go in as RGB.
+        float_input: the input is not pixels (a hand head's features): the int8 file takes
+            float32 and quantizes inside, calibrated on ``calibration`` alone.
 
     Returns:
         The flatbuffer and a FormatEntry (path left empty) with the tensor types and the input
@@ -70,18 +73,20 @@ def convert_tflite(
         images = calibration.astype(np.float32)
         if rgb:
             images = np.repeat(images, 3, axis=-1)  # grey as RGB: the luma gives it back
-        # An all-black and an all-white image pin the input range to the contract's 0..255,
-        # so the uint8 input has scale 1 and zero point 0: raw pixels go in unchanged.
-        extremes = np.stack([np.zeros_like(images[0]), np.full_like(images[0], 255.0)])
+        if not float_input:
+            # An all-black and an all-white image pin the input range to the contract's
+            # 0..255, so the uint8 input has scale 1 and zero point 0: raw pixels go in as is.
+            extremes = np.stack([np.zeros_like(images[0]), np.full_like(images[0], 255.0)])
+            images = np.concatenate([extremes, images])
 
         def representative() -> Iterator[list[np.ndarray]]:
-            for image in np.concatenate([extremes, images]):
+            for image in images:
                 yield [image[None]]
 
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.representative_dataset = representative
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        conv.inference_input_type = tf.uint8
+        conv.inference_input_type = tf.float32 if float_input else tf.uint8
         conv.inference_output_type = tf.float32
     elif precision != "float32":
         raise ValueError(f"unknown precision {precision!r}")

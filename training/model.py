@@ -134,6 +134,23 @@ BACKBONES: dict[str, BackboneSpec] = {
         False,
         "from scratch: Flatten, Dense 512, Dense 512 (DLI course, MNIST exercise)",
     ),
+    # Hand features (handserve.hand_features): a folder of photos becomes MediaPipe hand records
+    # and the model is a small head on their features. "pretrained" is False: the only trained
+    # part is the head (the embedder is frozen and runs outside the graph).
+    "hand_landmarks": BackboneSpec(
+        "hand_landmarks",
+        None,
+        "hand_features",
+        False,
+        "hand photos: MediaPipe's 21 landmarks, normalised (126 floats), and a small head",
+    ),
+    "hand_embedder": BackboneSpec(
+        "hand_embedder",
+        None,
+        "hand_features",
+        False,
+        "hand photos: MediaPipe's gesture embedder (--weights FILE, 128 floats), a small head",
+    ),
     "cnn": BackboneSpec(
         "cnn",
         None,
@@ -142,6 +159,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         "from scratch: 3 conv blocks + Dense 512 (DLI course, ASL exercise); the default",
     ),
 }
+
+
+#: Hand-feature backbones and the feature kind each feeds its head (handserve.hand_features).
+HAND_FEATURES = {"hand_landmarks": "landmarks", "hand_embedder": "embedder"}
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -285,6 +306,10 @@ def build_model(
         ModelError: unknown backbone, unusable size or weights.
     """
     spec = get_spec(cfg.backbone)
+    if spec.preprocessing == "hand_features":
+        raise ModelError(
+            f"{spec.name} reads hand records, not images: training.hand_head builds its head"
+        )
     h, w, c = (int(v) for v in input_shape)
     if c not in (1, 3):
         raise ModelError(f"images must have 1 or 3 channels, got {c}")

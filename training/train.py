@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from handserve import artifacts
+from handserve import artifacts, hand_features
 from handserve.configs import ConfigError
 from training import augment as augment_mod
 from training import evaluate as evaluate_mod
@@ -64,6 +64,8 @@ def train(cfg: TrainConfig, *, verbose: int = 0) -> TrainResult:
     name = _run_name(cfg, runs_dir)
     fitting.set_seeds(cfg.seed)
     spec = model_mod.get_spec(cfg.backbone)  # fail on a bad name before loading data
+    if cfg.backbone in model_mod.HAND_FEATURES:
+        return _train_hands(cfg, runs_dir, name, verbose)
     dataset = load_dataset(cfg)
     if len(dataset.val.y) == 0:
         raise ConfigError("validation split is empty; raise --val-fraction or --limit")
@@ -112,6 +114,97 @@ def _train_into(
     metrics["replicas"] = int(strategy.num_replicas_in_sync)  # devices the fit ran on
     _write_run(run, cfg, dataset, spec, model, metrics, records, np.asarray(confusion))
     return metrics
+
+
+def _train_hands(cfg: TrainConfig, runs_dir: Path, name: str, verbose: int) -> TrainResult:
+    """A hand-feature run (training.hand_head): the same run folder, report and metrics."""
+    from training import hand_head
+    from training.data import hands as hand_data
+
+    if cfg.dataset != "folder":
+        raise ConfigError(f"--backbone {cfg.backbone} reads photos: use --dataset folder")
+    embedder = hand_head.embedder_bytes(cfg)  # fail on a missing embedder before any detection
+    roots = [d for d in [cfg.data_dir, *(cfg.extra_data_dirs or [])] if d]
+    dataset = hand_data.load_hand_dataset(
+        roots,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.folder_test_fraction,
+        seed=cfg.seed,
+        limit=cfg.limit,
+    )
+    if len(dataset.val.y) == 0:
+        raise ConfigError("validation split is empty; raise --val-fraction or --limit")
+    export_name = cfg.export_name or artifacts.slugify(dataset.name)
+    with partial_run_dir(runs_dir, name) as run_dir:
+        run = RunFolder(run_dir)
+        checkpoint = run / CHECKPOINT if cfg.checkpoint else None
+        model, records = hand_head.fit_head(
+            cfg, dataset, embedder=embedder, checkpoint=checkpoint, verbose=verbose
+        )
+        metrics = evaluate_mod.compute_metrics(model, dataset, batch_size=512)
+        confusion = np.asarray(metrics.pop("confusion_matrix"))
+        metrics.update(training_summary(records, len(dataset.train), cfg))
+        metrics["replicas"] = 1
+        metrics["no_hand"] = len(dataset.no_hand)
+        model.head.save(run / run_folder.MODEL)
+        run.write_config(cfg.to_dict())
+        run.write_json(
+            run_folder.DATASET,
+            {
+                "name": dataset.name,
+                "source": dataset.source,
+                "class_names": dataset.class_names,
+                "features": model.kind,
+                "input_shape": [int(model.head.input_shape[-1])],
+                "sizes": {
+                    "train": len(dataset.train),
+                    "val": len(dataset.val),
+                    "test": 0 if dataset.test is None else len(dataset.test),
+                },
+                "groups": list(dataset.groups),
+                "skipped": len(dataset.no_hand),
+                "no_hand": list(dataset.no_hand),
+                "embedder_sha256": None if embedder is None else hand_features.sha256(embedder),
+            },
+        )
+        run.write_environment()
+        run.write_history(records)
+        run.write_metrics(metrics)
+        run.write_backbone(
+            BackboneInfo(
+                name=cfg.backbone,
+                weights="none" if embedder is None else f"file:{Path(cfg.weights).resolve()}",
+                backbone_size=None,
+                augmentation={"hand_copies": cfg.hand_copies if cfg.augment else 0},
+            )
+        )
+        run.write_labels(dataset.class_names)
+        if embedder is not None:  # the copy the export puts in the version folder
+            (run / hand_features.EMBEDDER_FILE).write_bytes(embedder)
+        evaluate_mod.plot_confusion_matrix(
+            confusion,
+            dataset.class_names,
+            run / "confusion_matrix.png",
+            title=f"{dataset.name} {metrics['per_class']['split']} split",
+        )
+        evaluate_mod.plot_learning_curves(records, run / "learning_curves.png")
+        sample_split = dataset.test if dataset.test is not None else dataset.val
+        sx, sy = _subsample(sample_split.x, sample_split.y, N_SAMPLES, cfg.seed)
+        run.write_samples(sx, sy)
+        cx, _ = _subsample(dataset.train.x, dataset.train.y, N_CALIBRATION, cfg.seed + 1)
+        run.write_calibration(cx)
+        missing = run.missing(RUN_FILES)
+        if missing:
+            raise RuntimeError(f"run folder incomplete, missing {missing}")
+    final = runs_dir / name
+    log.info(
+        "run %s: val accuracy %.4f, test accuracy %s (%s)",
+        final,
+        metrics["val"]["accuracy"],
+        "n/a" if metrics["test"] is None else f"{metrics['test']['accuracy']:.4f}",
+        metrics["splits"]["test_origin"],
+    )
+    return TrainResult(final, metrics, export_name)
 
 
 def _plain_float32_copy(model: keras.Model, cfg: TrainConfig, dataset: Dataset) -> keras.Model:

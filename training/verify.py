@@ -381,7 +381,11 @@ def verify_version(
         for name, entry in manifest.formats.items()
     }
     check_input_shapes(version_dir, manifest, keras_model, runners)
-    if data_dir:
+    if manifest.hand_features is not None:  # photos' hands as features (training.hand_export)
+        from training.hand_export import hand_inputs
+
+        x, y, data = hand_inputs(version_dir, manifest, data_dir)
+    elif data_dir:
         x, y, data = load_test_split(manifest.training, data_dir, dataset)
     else:
         x, y = load_samples(version_dir)
@@ -407,7 +411,7 @@ def verify_version(
     report.metadata = {
         entry.path: tflite_metadata.metadata_problems(version_dir / entry.path, manifest.labels)
         for entry in manifest.formats.values()
-        if entry.kind == "tflite"
+        if entry.kind == "tflite" and manifest.hand_features is None  # no image to describe
     }
     return report
 

@@ -180,3 +180,41 @@ def test_hand_crops_detects_classifies_and_holds_each_source_out(
     held = [line.split("|")[1].strip() for line in done.stdout.splitlines() if "| 9 |" in line]
     assert held == ["alpha", "beta"], done.stdout
     assert "| mean over sources |" in done.stdout
+
+
+def test_hand_features_holds_each_group_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/"hand_features.py" in-process, on synthetic hands (a stand-in for the
+    detector, whose real photos are in ../shared): every group held out once, a mean row, the
+    photos without a hand counted, the confusions listed."""
+    import importlib.util
+    import sys
+
+    from tests.model.test_hand_head import fake_record
+    from training.data import hands as hd
+
+    first = tmp_path / "signers"
+    for label in "ABC":
+        for source in ("one", "two"):
+            for n in range(12):
+                path = first / source / label / f"{n}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(f"{source}{label}{n}".encode())
+    monkeypatch.setattr(hd, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(hd, "_record_of", fake_record)
+    monkeypatch.setattr(hd.hands, "check_models", lambda: None)
+    spec = importlib.util.spec_from_file_location(
+        "hand_features_bench", REPO / "benchmarks" / "hand_features.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    settings = '{"epochs": 2, "hand_copies": 1}'
+    argv = ["hand_features.py", "logo", "--data-dir", str(first), "--kinds", "landmarks"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--settings", settings])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    held = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")]
+    assert held[1:] == ["one", "two", "mean over groups"], out
+    assert "| one | 35 | 1 |" in out and "confusions (landmarks" in out
