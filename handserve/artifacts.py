@@ -500,16 +500,12 @@ def load_verified(
     if runtime is None:
         verify_files(version_dir, manifest)
         return manifest
-    if manifest.hand_features is not None:
-        # The server's image path would feed the head pixels: refuse until the data plane
-        # serves hand features (photo -> hands -> features -> head; docs/training.md).
-        raise ArtifactError(
-            version_dir / MANIFEST,
-            "a hand-feature head (input.type hand_features); this server serves image models "
-            "only so far",
-        )
     listed = {e.path for e in manifest.files}
-    for path in served_format(runtime, litert_file).files(manifest):
+    needed = served_format(runtime, litert_file).files(manifest)
+    hand = manifest.hand_features
+    if hand is not None and hand.embedder is not None:
+        needed = [*needed, hand.embedder]  # a hand head's features need the version's embedder
+    for path in needed:
         if path not in listed:
             raise ArtifactError(
                 version_dir / path, f"{runtime} needs it, but the manifest has no checksum for it"

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from handserve.hand_features import HandFeatureError
 from handserve.images import decoded_pixels
 from service import reload as model_reload
 from service.config import ServiceConfig
@@ -169,9 +170,29 @@ class DataPlane:
     async def classify_tensors(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:
         """Scores of images already at the model's input size ``(N, H, W, C)``."""
         engine = self.check_ready()
-        n, height, width = pixels.shape[:3]
+        n = len(pixels)
+        area = int(np.prod(pixels.shape[1:3])) if pixels.ndim == 4 else 0
         return await self._admitted(
-            n, n * height * width, functools.partial(engine.classify_pixels, model, pixels)
+            n, n * area, functools.partial(engine.classify_pixels, model, pixels)
+        )
+
+    async def classify_landmarks(
+        self, model: LoadedModel, tensors: dict[str, np.ndarray]
+    ) -> np.ndarray:
+        """Scores of one hand sent as MediaPipe's HandLandmarker reports it (a hand-feature
+        head only): the same features the server makes from a photo, then the head."""
+        engine = self.check_ready()
+        if model.hands is None:
+            raise ApiError(
+                "bad_request",
+                f"{model.name} takes images, not hand landmarks (its input is an image contract)",
+            )
+        try:
+            features = model.hands.from_landmarks(tensors)
+        except HandFeatureError as exc:
+            raise ApiError("bad_request", str(exc)) from None
+        return await self._admitted(
+            1, 0, functools.partial(engine.classify_pixels, model, features)
         )
 
     async def _admitted(

@@ -130,13 +130,18 @@ def decode_all(
         raise _TooBigForInline
     cap = min(max_pixels, inline.pixels) if inline is not None else max_pixels
     spec = model.spec
-    out = np.empty((len(blobs), *model.manifest.input.shape), np.uint8)
+    hands = model.hands  # a hand-feature head: photo -> hand -> features, not pixels
+    dtype = np.float32 if hands is not None else np.uint8
+    out = np.empty((len(blobs), *model.manifest.input.shape), dtype)
     seconds = []
     for i, blob in enumerate(blobs):
         deadline.check()  # a request answered 504 already decodes nothing more
         t0 = time.perf_counter()
         try:
-            out[i] = decode_image(blob, spec, max_pixels=cap)
+            if hands is not None:
+                out[i] = hands.from_photo(blob, cap)[0]
+            else:
+                out[i] = decode_image(blob, spec, max_pixels=cap)
         except ImageDecodeError as exc:
             if exc.code == "too_many_pixels" and cap < max_pixels:
                 raise _TooBigForInline from None
@@ -234,7 +239,9 @@ class ParallelEngine:
 
     async def classify(self, model: LoadedModel, blobs: list[bytes]) -> np.ndarray:
         enqueued = time.perf_counter()
-        if model.call_seconds * len(blobs) <= self.inline.seconds:
+        # A hand-feature head's photos go through the hand models first (tens of ms): never
+        # on the event loop, whatever the head itself costs.
+        if model.hands is None and model.call_seconds * len(blobs) <= self.inline.seconds:
             try:
                 return self._run(model, blobs, enqueued, self.inline)
             except _TooBigForInline:

@@ -33,6 +33,7 @@ import numpy as np
 
 from handserve import artifacts, hands
 from handserve.artifacts import ArtifactError, Manifest
+from handserve.hand_pipeline import LANDMARK_TENSORS, HandPipeline
 from handserve.images import ImageSpec
 from handserve.runtimes import LiteRTRuntime, Runtime, choose_runtime_name, open_runtime
 from service.config import ServiceConfig
@@ -50,6 +51,8 @@ class LoadedModel:
     version_dir: Path
     sha256: str  # of the file the runtime runs (tflite) or the saved_model.pb
     call_seconds: float = 0.0  # one single-image call, measured at warm-up
+    #: A hand-feature head's photo-or-landmarks -> features step (None: an image model).
+    hands: HandPipeline | None = None
 
     @property
     def version_label(self) -> str:
@@ -57,7 +60,11 @@ class LoadedModel:
 
     @functools.cached_property
     def spec(self) -> ImageSpec:
-        """What every image is decoded to for this model (built once, used per image)."""
+        """What every image is decoded to for this model (built once, used per image): its
+        input contract, or for a hand-feature head the hand detector's input size."""
+        if self.hands is not None:
+            width, height = hands.DETECT_SIZE
+            return ImageSpec(height, width, 3)
         return self.manifest.input.image_spec
 
 
@@ -247,7 +254,12 @@ class ModelRegistry:
         vdir = artifacts.version_dir(root, name, version)
         assert self.runtime_name is not None
         manifest = artifacts.load_verified(vdir, self.runtime_name, self.cfg.litert_file)
-        if manifest.input.crop is not None:
+        pipeline = None
+        if manifest.hand_features is not None:
+            # A hand-feature head: the hand models must be the ones its features came from
+            # (checked here), and its embedder is read once, now.
+            pipeline = HandPipeline(vdir, manifest.hand_features)
+        elif manifest.input.crop is not None:
             # Its contract crops the hand: refuse it now (HandModelsMissing names the fix) rather
             # than answer every request 503; the models' checksums are checked here too. The
             # detectors themselves are built on first use, one per decoding thread.
@@ -262,7 +274,7 @@ class ModelRegistry:
         )
         file = artifacts.served_format(self.runtime_name, self.cfg.litert_file).main_file
         sha = next((e.sha256 for e in manifest.files if e.path == file), "")
-        model = LoadedModel(name, version, manifest, runtime, vdir, sha)
+        model = LoadedModel(name, version, manifest, runtime, vdir, sha, hands=pipeline)
         self.warm_up(model)
         log.info(
             "loaded %s/%s (%s, %s, %.2f ms per image)",
@@ -373,15 +385,7 @@ class ModelRegistry:
                     "on_disk": self.on_disk(m),
                     "default": name == self.default_name(),
                     "labels": man.labels,
-                    "input": {
-                        "height": man.input.height,
-                        "width": man.input.width,
-                        "channels": man.input.channels,
-                        "color_mode": man.input.color_mode,
-                        "dtype": man.input.dtype,
-                        "value_range": list(man.input.value_range),
-                        "crop": man.input.crop,
-                    },
+                    "input": _describe_input(man),
                     "runtime": m.runtime.name,
                     "file": m.runtime.file,
                     "sha256": m.sha256,
@@ -406,3 +410,27 @@ class ModelRegistry:
                 for u in sorted(self.unloaded.values(), key=lambda u: u.name)
             ],
         }
+
+
+def _describe_input(man: Manifest) -> dict[str, Any]:
+    """What a model takes, as ``/models`` says it: an image contract, or a hand-feature head's
+    (a photo, or a hand as landmark tensors, names and shapes as the v2 protocol takes them)."""
+    hand = man.hand_features
+    if hand is not None:
+        return {
+            "type": "hand_features",
+            "kind": hand.kind,
+            "size": hand.size,
+            "hand_models": hand.hand_models,
+            "landmarks": hand.landmarks,
+            "landmark_tensors": {k: list(v) for k, v in LANDMARK_TENSORS.items()},
+        }
+    return {
+        "height": man.input.height,
+        "width": man.input.width,
+        "channels": man.input.channels,
+        "color_mode": man.input.color_mode,
+        "dtype": man.input.dtype,
+        "value_range": list(man.input.value_range),
+        "crop": man.input.crop,
+    }

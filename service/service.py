@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Awaitable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
@@ -343,6 +344,43 @@ class HandServe:
             {"model": chosen.name, "version": chosen.version, "results": results}
         )
 
+    @bentoml.api(route="/classify_landmarks")
+    async def classify_landmarks(
+        self,
+        image_landmarks: list[list[float]],
+        world_landmarks: list[list[float]],
+        handedness: float,
+        image_size: list[float],
+        ctx: bentoml.Context,
+        model: ModelName | None = None,
+        version: PositiveInt | None = None,
+        top_k: PositiveInt | None = None,
+    ) -> PredictResponse:
+        """One hand as MediaPipe's HandLandmarker reports it, for a hand-feature model: 21
+        ``image_landmarks`` [x, y, z] (x, y as fractions of the image), 21 ``world_landmarks``
+        [x, y, z] in metres, ``handedness`` (the score of "Right"), ``image_size`` [width,
+        height] in pixels -> the ``top_k`` best classes, as /predict answers a photo of it."""
+        tensors = {
+            "image_landmarks": np.asarray(image_landmarks, np.float32),
+            "world_landmarks": np.asarray(world_landmarks, np.float32),
+            "handedness": np.asarray([[handedness]], np.float32),
+            "image_size": np.asarray([image_size], np.float32),
+        }
+
+        async def run() -> tuple[LoadedModel, np.ndarray]:
+            await self.plane.wait_ready()
+            chosen = self.plane.resolve(model, version)
+            return chosen, await self.plane.classify_landmarks(chosen, tensors)
+
+        chosen, scores = await self._refusals_as_bentoml(ctx, run())
+        return PredictResponse.model_validate(
+            {
+                "model": chosen.name,
+                "version": chosen.version,
+                **_ranked(scores[0], chosen, top_k or self.cfg.top_k),
+            }
+        )
+
     async def _typed(
         self,
         ctx: bentoml.Context,
@@ -351,15 +389,26 @@ class HandServe:
         version: int | None,
         k: int | None,
     ) -> tuple[LoadedModel, np.ndarray, int]:
-        """The typed APIs' request path. An ApiError becomes BentoML's error with the same
-        status (BentoML answers an exception of its own with that status, anything else 500),
-        and is left in the request's state, where ``JSONErrors`` renders it as /predict would:
-        same body, same ``Retry-After``."""
-        try:
+        """The typed image APIs' request path (see :meth:`_refusals_as_bentoml`)."""
+
+        async def run() -> tuple[LoadedModel, np.ndarray]:
             blobs = read_files(files, self.cfg.max_batch_images, self.cfg.max_body_bytes)
             await self.plane.wait_ready()
             model = self.plane.resolve(name, version)
-            return model, await self.plane.classify(model, blobs), k or self.cfg.top_k
+            return model, await self.plane.classify(model, blobs)
+
+        model, scores = await self._refusals_as_bentoml(ctx, run())
+        return model, scores, k or self.cfg.top_k
+
+    async def _refusals_as_bentoml(
+        self, ctx: bentoml.Context, work: Awaitable[tuple[LoadedModel, np.ndarray]]
+    ) -> tuple[LoadedModel, np.ndarray]:
+        """``await work``; an ApiError becomes BentoML's error with the same status (BentoML
+        answers an exception of its own with that status, anything else 500), and is left in
+        the request's state, where ``JSONErrors`` renders it as /predict would: same body, same
+        ``Retry-After``."""
+        try:
+            return await work
         except ApiError as err:
             if is_input_error(err.code):
                 self.metrics.rejected_inputs.labels(reason=err.code).inc()

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from handserve import artifacts, integers
 from handserve.artifacts import Manifest
+from handserve.hand_pipeline import LANDMARK_TENSORS
 from service.errors import ApiError
 from service.parsing import b64decode
 from service.schemas import MAX_INT_DIGITS, MAX_NAME_LENGTH, PositiveInt, describe_validation
@@ -108,9 +109,13 @@ class InferCall:
     outputs: list[Output]
     pixels: np.ndarray | None = None  # (N, H, W, C) at the model's contract
     files: list[bytes] | None = None  # encoded images, decoded like /predict's
+    #: a hand as MediaPipe's HandLandmarker reports it (a hand-feature head): name -> float32
+    landmarks: dict[str, np.ndarray] | None = None
 
     @property
     def count(self) -> int:
+        if self.landmarks is not None:
+            return 1
         return len(self.files) if self.files is not None else len(self.pixels)  # type: ignore[arg-type]
 
 
@@ -134,7 +139,10 @@ def resolve(plane: DataPlane, name: str, version: str | None) -> LoadedModel:
 
 
 async def scores(plane: DataPlane, model: LoadedModel, call: InferCall) -> np.ndarray:
-    """The scores of a checked infer call (REST or gRPC): its tensor or its encoded images."""
+    """The scores of a checked infer call (REST or gRPC): its tensor, its encoded images, or
+    a hand's landmark tensors."""
+    if call.landmarks is not None:
+        return await plane.classify_landmarks(model, call.landmarks)
     if call.pixels is not None:
         return await plane.classify_tensors(model, call.pixels)
     return await plane.classify(model, call.files or [])
@@ -151,17 +159,31 @@ def server_metadata(version: str) -> dict[str, Any]:
 
 
 def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) -> dict[str, Any]:
-    """``$metadata_model_response``: the inputs and outputs with names, types and shapes."""
-    contract = manifest.input
-    shape = [-1, contract.height, contract.width, contract.channels]
+    """``$metadata_model_response``: the inputs and outputs with names, types and shapes.
+
+    A hand-feature head takes a photo (``image_bytes``) or, instead, one hand as MediaPipe's
+    HandLandmarker reports it: the four FP32 tensors of :data:`LANDMARK_TENSORS`, sent together.
+    """
+    if manifest.hand_features is not None:
+        inputs = [
+            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+            *(
+                {"name": n, "datatype": "FP32", "shape": list(shape)}
+                for n, shape in LANDMARK_TENSORS.items()
+            ),
+        ]
+    else:
+        contract = manifest.input
+        shape = [-1, contract.height, contract.width, contract.channels]
+        inputs = [
+            {"name": TENSOR_INPUT, "datatype": "UINT8", "shape": shape},
+            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+        ]
     return {
         "name": name,
         "versions": [str(version)],
         "platform": artifacts.PLATFORMS[runtime],
-        "inputs": [
-            {"name": TENSOR_INPUT, "datatype": "UINT8", "shape": shape},
-            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
-        ],
+        "inputs": inputs,
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(manifest.labels)]}],
     }
 
@@ -172,20 +194,24 @@ def parse_infer(
 ) -> InferCall:
     """Validate an infer request over REST against the model's contract; every problem is a 4xx."""
     data, binary = split_body(body, header_length)
-    return build_call(data, manifest, max_images, lambda tensor: _binary_part(tensor, binary))
+    parts = _BinaryParts(binary)
+    call = build_call(data, manifest, max_images, parts.take)
+    parts.check_consumed()
+    return call
 
 
 def build_call(
     data: dict[str, Any],
     manifest: Manifest,
     max_images: int,
-    raw_of: Callable[[InferInputTensor], bytes | None],
+    raw_of: Callable[[int, InferInputTensor, int], bytes | None],
 ) -> InferCall:
     """An infer request (``$inference_request`` as a mapping, from JSON or from gRPC's message)
     checked against the model's contract: the one validation of both transports.
 
-    ``raw_of(tensor)`` gives the input's bytes when they came outside ``data`` (binary tensor
-    data over REST, ``raw_input_contents`` over gRPC), None when ``data`` holds the values.
+    ``raw_of(index, tensor, count)`` gives input ``index`` (of ``count``)'s bytes when they came
+    outside ``data`` (binary tensor data over REST, ``raw_input_contents`` over gRPC), None when
+    ``data`` holds the values; it is called once per input, in order.
     A ``BYTES`` element that is ``bytes`` is an image file as it is (gRPC's
     ``bytes_contents``); a string is base64 (JSON).
     """
@@ -196,18 +222,30 @@ def build_call(
         raise ApiError("bad_request", describe_validation(exc, "request")) from None
     # What to answer is checked before any tensor is read: the cheaper refusal first.
     outputs = _outputs(req.outputs, request_params.binary_data_output, len(manifest.labels))
+    hand = manifest.hand_features is not None
+    if hand and any(t.name in LANDMARK_TENSORS for t in req.inputs):
+        raws = [raw_of(i, t, len(req.inputs)) for i, t in enumerate(req.inputs)]
+        return InferCall(id=req.id, outputs=outputs, landmarks=_landmarks(req.inputs, raws))
     if len(req.inputs) != 1:
-        raise ApiError(
-            "bad_request",
-            f"send one input, {TENSOR_INPUT!r} or {BYTES_INPUT!r}; got {len(req.inputs)}",
+        takes = (
+            f"{BYTES_INPUT!r}, or the hand as {', '.join(map(repr, LANDMARK_TENSORS))}"
+            if hand
+            else f"{TENSOR_INPUT!r} or {BYTES_INPUT!r}"
         )
+        raise ApiError("bad_request", f"send one input, {takes}; got {len(req.inputs)}")
     tensor = req.inputs[0]
-    raw = raw_of(tensor)
-    if tensor.name == TENSOR_INPUT:
+    raw = raw_of(0, tensor, 1)
+    if tensor.name == TENSOR_INPUT and not hand:
         pixels = _pixels(tensor, raw, manifest, max_images)
         call_in: dict[str, Any] = {"pixels": pixels}
     elif tensor.name == BYTES_INPUT:
         call_in = {"files": _files(tensor, raw, max_images)}
+    elif hand:
+        raise ApiError(
+            "bad_request",
+            f"unknown input {tensor.name[:40]!r}; this hand-feature model takes {BYTES_INPUT!r} "
+            f"(BYTES [N] photos) or a hand as {', '.join(map(repr, LANDMARK_TENSORS))}",
+        )
     else:
         raise ApiError(
             "bad_request",
@@ -217,30 +255,87 @@ def build_call(
     return InferCall(id=req.id, outputs=outputs, **call_in)
 
 
-def _binary_part(tensor: InferInputTensor, binary: bytes) -> bytes | None:
-    """The input's bytes from after the header, or None when it came as JSON ``data``."""
-    size = (tensor.parameters or {}).get("binary_data_size")
-    if size is None:
-        if binary:
-            raise ApiError(
-                "bad_request",
-                f"{len(binary):,} bytes follow the inference header but input "
-                f"{tensor.name[:40]!r} declares no binary_data_size",
-            )
-        if tensor.data is None:
-            raise ApiError("bad_request", f"input {tensor.name[:40]!r} has no data")
-        return None
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ApiError("bad_request", "binary_data_size must be a whole number of bytes")
-    if tensor.data is not None:
-        raise ApiError("bad_request", "an input has either data or binary_data_size, not both")
-    if size != len(binary):
+def _landmarks(tensors: list[InferInputTensor], raws: list[bytes | None]) -> dict[str, np.ndarray]:
+    """A hand's :data:`LANDMARK_TENSORS`, each FP32 of its shape with finite values."""
+    names = [t.name for t in tensors]
+    if sorted(names) != sorted(LANDMARK_TENSORS):
         raise ApiError(
             "bad_request",
-            f"input {tensor.name[:40]!r} declares binary_data_size {size:,} but "
-            f"{len(binary):,} bytes follow the inference header",
+            f"a hand is the inputs {sorted(LANDMARK_TENSORS)} together; got {sorted(names)[:8]}",
         )
-    return binary
+    out = {}
+    for tensor, raw in zip(tensors, raws, strict=True):
+        shape = list(LANDMARK_TENSORS[tensor.name])
+        where = f"input {tensor.name!r}"
+        if tensor.datatype != "FP32" or tensor.shape != shape:
+            raise ApiError(
+                "bad_request",
+                f"{where} must be FP32 {shape}, got {tensor.datatype[:16]} {tensor.shape}",
+            )
+        count = int(np.prod(shape))
+        if raw is not None:
+            if len(raw) != count * 4:
+                raise ApiError(
+                    "bad_request", f"{where}: {len(raw):,} bytes; FP32 {shape} needs {count * 4}"
+                )
+            values = np.frombuffer(raw, "<f4")
+        else:
+            try:
+                values = np.asarray(tensor.data, dtype=np.float32).ravel()
+            except (ValueError, TypeError):
+                raise ApiError("bad_request", f"{where}: data must be numbers") from None
+            if values.size != count:
+                raise ApiError(
+                    "bad_request", f"{where}: data holds {values.size} values, needs {count}"
+                )
+        if not np.isfinite(values).all():
+            raise ApiError("bad_request", f"{where}: values must be finite")
+        out[tensor.name] = values.astype(np.float32).reshape(shape)
+    return out
+
+
+class _BinaryParts:
+    """The bytes after the inference header, handed to the inputs in order, each its
+    ``binary_data_size``; every byte must belong to an input."""
+
+    def __init__(self, binary: bytes) -> None:
+        self.binary = binary
+        self.offset = 0
+
+    def take(self, index: int, tensor: InferInputTensor, count: int) -> bytes | None:
+        """Input ``index``'s bytes, or None when it came as JSON ``data``."""
+        rest = len(self.binary) - self.offset
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is None:
+            if rest and index == count - 1:
+                raise ApiError(
+                    "bad_request",
+                    f"{rest:,} bytes follow the inference header but input "
+                    f"{tensor.name[:40]!r} declares no binary_data_size",
+                )
+            if tensor.data is None:
+                raise ApiError("bad_request", f"input {tensor.name[:40]!r} has no data")
+            return None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ApiError("bad_request", "binary_data_size must be a whole number of bytes")
+        if tensor.data is not None:
+            raise ApiError("bad_request", "an input has either data or binary_data_size, not both")
+        if size > rest or (index == count - 1 and size != rest):
+            raise ApiError(
+                "bad_request",
+                f"input {tensor.name[:40]!r} declares binary_data_size {size:,} but "
+                f"{rest:,} bytes follow (of the inference header's {len(self.binary):,})",
+            )
+        part = self.binary[self.offset : self.offset + size]
+        self.offset += size
+        return part
+
+    def check_consumed(self) -> None:
+        if self.offset != len(self.binary) and self.offset:
+            raise ApiError(
+                "bad_request",
+                f"{len(self.binary) - self.offset:,} bytes follow the inputs' binary data",
+            )
 
 
 def _contract_shape(manifest: Manifest) -> str:

@@ -143,7 +143,7 @@ def parse_request(request: Any, manifest: Manifest, max_images: int) -> v2.Infer
     """Validate a ``ModelInferRequest`` against the model's contract (as REST requests are)."""
     raws = request.raw_input_contents
 
-    def raw_of(tensor: v2.InferInputTensor) -> bytes | None:
+    def raw_of(index: int, tensor: v2.InferInputTensor, count: int) -> bytes | None:
         if raws:
             if len(raws) != len(request.inputs):
                 raise ApiError(
@@ -154,7 +154,7 @@ def parse_request(request: Any, manifest: Manifest, max_images: int) -> v2.Infer
                 raise ApiError(
                     "bad_request", "an input has either contents or raw_input_contents, not both"
                 )
-            return bytes(raws[0])
+            return bytes(raws[index])
         if tensor.data is None:
             raise ApiError("bad_request", f"input {tensor.name[:40]!r} has no contents")
         return None

@@ -49,6 +49,8 @@ Backbone = Literal[
     "efficientnet_v2_b0",
     "vgg16",
     "dense",
+    "hand_landmarks",
+    "hand_embedder",
     "cnn",
 ]
 Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
