@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 SYNC := sync --locked --extra dev --extra bench --python $(BIN)/python
 
-.PHONY: venv run test lint format lock requirements bench bench-train bench-export bench-serve clean hand-models
+.PHONY: venv run test test-fast lint format lock requirements bench bench-train bench-export bench-serve clean hand-models
 
 $(UV):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,12 @@ hand-models: venv
 test: venv
 	bash scripts/install-test-tools.sh
 	$(BIN)/python -m pytest
+
+## test-fast: every test that needs no training run, server, browser, container or package
+## index (tests/conftest.py marks tests by the fixtures they request); under two minutes here
+FAST := not slow and not server and not browser and not prometheus and not podman and not network
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "$(FAST)" --durations=10
 
 lint: venv
 	$(BIN)/ruff check .

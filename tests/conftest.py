@@ -24,6 +24,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["tests.fixtures_run", "tests.fixtures_export"]
 
+#: Fixtures that say what a test needs, and the marker each gives every test that requests it
+#: (at any depth: ``server`` needs ``tiny_export``, which needs ``tiny_run``), so that
+#: ``make test-fast`` (``-m "not slow and not server ..."``) cannot run one by mistake.
+FIXTURE_MARKERS = {
+    "tiny_run": "slow",  # trains a model
+    "tiny_export": "slow",  # exports one
+    "server": "server",  # starts `bentoml serve`
+    "shared_data": "shared_data",
+    "mobilenet_v2_weights": "shared_data",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it requests (:data:`FIXTURE_MARKERS`)."""
+    for item in items:
+        requested = set(getattr(item, "fixturenames", ()))
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in requested:
+                item.add_marker(marker)
+
 
 def shared_dir() -> Path:
     """``../shared`` beside the checkout (or $HANDSERVE_SHARED): real data for optional tests."""

@@ -231,6 +231,8 @@ def test_unfrozen_step_moves_backbone_but_not_batchnorm() -> None:
     assert not np.allclose(conv_before, conv.get_weights()[0])
 
 
+@pytest.mark.slow  # a training step of MobileNetV2: 30 s of tracing on 2 cores
+@pytest.mark.long
 def test_random_backbone_trains_from_scratch() -> None:
     """weights="none": nothing to protect, so the backbone and its BatchNorm train at once.
 

@@ -8,7 +8,6 @@ random stream (a salt), so changing ``val_fraction`` never moves the test split.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from training.data.base import Dataset, Split, check_two_classes, log_summary
 
@@ -21,6 +20,10 @@ def _split(y: np.ndarray, n_held: int, seed: int, salt: int) -> tuple[np.ndarray
     Stratification needs every class twice and room for one of each class on both sides; a
     tiny pool that has not (a quick ``--limit`` run) is split at random instead.
     """
+    # Imported here: scikit-learn (with SciPy and pandas) costs seconds, and importing
+    # training.data should not (tests/unit/test_imports.py).
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(y))
     counts = np.bincount(y)
     present = int((counts > 0).sum())
