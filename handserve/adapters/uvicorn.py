@@ -4,8 +4,8 @@ uvicorn offers no deadline for a request's headers, and BentoML's workers start 
 ``http="auto"``, so the header guard replaces the protocol class registered under ``"auto"`` in
 ``uvicorn.config.HTTP_PROTOCOLS`` with a subclass of ``AutoHTTPProtocol`` (httptools' or h11's).
 The subclass reads and sets attributes of uvicorn's protocol objects: ``cycle`` (the request
-being served; its ``response_complete``), ``timeout_keep_alive``, ``loop``, ``client`` and
-``transport``. :func:`problems` says which of those the installed uvicorn no longer has; a unit
+being served; its ``response_complete`` and ``keep_alive``), ``timeout_keep_alive``, ``loop``,
+``client`` and ``transport``, and overrides its ``shutdown`` method (a graceful stop). :func:`problems` says which of those the installed uvicorn no longer has; a unit
 test calls it, so an upgrade fails there with the version, not as a server that no longer
 cuts off slow clients.
 """
@@ -51,8 +51,12 @@ def problems() -> list[str]:
     missing = [a for a in PROTOCOL_ATTRIBUTES if f"self.{a}" not in source]
     if missing:
         found.append(f"{where}: {protocol.__name__} no longer sets {', '.join(missing)}")
-    if "response_complete" not in _module_source(protocol):
-        found.append(f"{where}: the request cycle no longer has response_complete")
+    if not callable(getattr(protocol, "shutdown", None)):
+        found.append(f"{where}: {protocol.__name__} has no shutdown() to override")
+    cycle = _module_source(protocol)
+    for attribute in ("response_complete", "keep_alive"):
+        if f"self.{attribute}" not in cycle:
+            found.append(f"{where}: the request cycle no longer has {attribute}")
     return found
 
 
