@@ -5,9 +5,10 @@ uvicorn offers no deadline for a request's headers, and BentoML's workers start 
 ``uvicorn.config.HTTP_PROTOCOLS`` with a subclass of ``AutoHTTPProtocol`` (httptools' or h11's).
 The subclass reads and sets attributes of uvicorn's protocol objects: ``cycle`` (the request
 being served; its ``response_complete`` and ``keep_alive``), ``timeout_keep_alive``, ``loop``,
-``client`` and ``transport``, and overrides its ``shutdown`` method (a graceful stop). :func:`problems` says which of those the installed uvicorn no longer has; a unit
-test calls it, so an upgrade fails there with the version, not as a server that no longer
-cuts off slow clients.
+``client`` and ``transport``, and overrides its ``shutdown`` method (a graceful stop).
+:func:`problems` says which of those the installed uvicorn no longer has; a unit test calls it,
+so an upgrade fails there with the version, not as a server that no longer cuts off slow
+clients.
 """
 
 from __future__ import annotations
