@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from handserve import artifacts
-from handserve.adapters.bentoml import BUILD_FRAME
+from handserve.adapters.bentoml import build_locals
 from handserve.runtimes import LiteRTRuntime
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,12 @@ class BuildTarget:
 
 def building_bento(frame: FrameType | None = None) -> BuildTarget | None:
     """The Bento being built when called under ``bentoml build``, else None."""
-    frame = frame or sys._getframe(1)
-    while frame is not None:
-        if (frame.f_globals.get("__name__"), frame.f_code.co_name) == BUILD_FRAME:
-            config: Any = frame.f_locals.get("build_config")
-            context = frame.f_locals.get("build_ctx") or os.getcwd()
-            envs = {e.name: e.value for e in getattr(config, "envs", None) or []}
-            return BuildTarget(Path(context), envs)
-        frame = frame.f_back
-    return None
+    found = build_locals(frame)
+    if found is None:
+        return None
+    config, context = found
+    envs = {e.name: e.value for e in getattr(config, "envs", None) or []}
+    return BuildTarget(Path(context or os.getcwd()), envs)
 
 
 def servable(models_dir: Path, runtime: str, litert_file: str | None) -> dict[str, str]:

@@ -180,7 +180,7 @@ def export_run(
         built = _build_tflite(tmp, run, model, name, version, wanted)
         evaluation: dict[str, Any] | None = None
         if verify:
-            built, evaluation = _keep_what_passes(
+            built, evaluation = keep_what_passes(
                 tmp, built, model, test_data, num_threads, f"{name}/{version}"
             )
 
@@ -248,7 +248,7 @@ def _build_tflite(
     return built
 
 
-def _keep_what_passes(
+def keep_what_passes(
     tmp: Path,
     built: dict[str, FormatEntry],
     model: Any,

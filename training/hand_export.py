@@ -142,7 +142,7 @@ def export_hand_run(
         if verify:
             with np.load(tmp / artifacts.SAMPLES) as samples:
                 x, y = features(np.asarray(samples["x"])), np.asarray(samples["y"])
-            built, evaluation = export_mod._keep_what_passes(
+            built, evaluation = export_mod.keep_what_passes(
                 tmp,
                 built,
                 model,

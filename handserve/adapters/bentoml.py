@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
+from types import FrameType
 from typing import Any
 
 #: (module, function name) of the frame ``bentoml build`` imports the service module from.
@@ -42,6 +44,17 @@ def cork_dispatcher(
         fallback=fallback,
         get_batch_size=get_batch_size,
     )
+
+
+def build_locals(frame: FrameType | None = None) -> tuple[Any, Any] | None:
+    """``(build_config, build_ctx)`` of the ``Bento.create`` frame this code runs under (a
+    ``bentoml build``), walking up from ``frame`` (default: the caller's), else None."""
+    frame = frame or sys._getframe(1)
+    while frame is not None:
+        if (frame.f_globals.get("__name__"), frame.f_code.co_name) == BUILD_FRAME:
+            return tuple(frame.f_locals.get(name) for name in BUILD_LOCALS)  # type: ignore[return-value]
+        frame = frame.f_back
+    return None
 
 
 def problems() -> list[str]:

@@ -10,27 +10,22 @@ a nested model). Keras is imported by the caller: this module imports nothing of
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
+
+from handserve.adapters import installed
+from handserve.adapters import moved as _moved
 
 LIBRARY = "keras"
 
 
 def version() -> str:
     """The installed Keras version (``"not installed"`` without it)."""
-    try:
-        return importlib.metadata.version(LIBRARY)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    return installed(LIBRARY)
 
 
 def moved(internal: str, exc: BaseException) -> RuntimeError:
     """The error for an internal this installed version no longer has as this module uses it."""
-    return RuntimeError(
-        f"{LIBRARY} {version()}: {internal} is not as handserve/adapters/keras.py expects "
-        f"({type(exc).__name__}: {exc}); adapt that module to this version, or install the "
-        "version uv.lock pins"
-    )
+    return _moved(LIBRARY, "keras.py", internal, exc)
 
 
 def nested_layers(model: Any) -> list[Any]:

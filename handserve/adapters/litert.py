@@ -9,27 +9,22 @@ moves it fails here, naming the installed version, rather than deep inside an ex
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
+
+from handserve.adapters import installed
+from handserve.adapters import moved as _moved
 
 LIBRARY = "ai-edge-litert"
 
 
 def version() -> str:
     """The installed ai-edge-litert version (``"not installed"`` without it)."""
-    try:
-        return importlib.metadata.version(LIBRARY)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    return installed(LIBRARY)
 
 
 def moved(internal: str, exc: BaseException) -> RuntimeError:
     """The error for an internal this installed version no longer has as this module uses it."""
-    return RuntimeError(
-        f"{LIBRARY} {version()}: {internal} is not as handserve/adapters/litert.py expects "
-        f"({type(exc).__name__}: {exc}); adapt that module to this version, or install the "
-        "version uv.lock pins"
-    )
+    return _moved(LIBRARY, "litert.py", internal, exc)
 
 
 def operator_names(interpreter: Any) -> list[str]:

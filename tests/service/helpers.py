@@ -7,18 +7,27 @@ import io
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import requests
 from PIL import Image
 
-from handserve import artifacts
+from handserve import artifacts, hands
 from service.config import ServiceConfig
 from service.local_server import background_server
+
+#: Skips a test that needs MediaPipe's hand models when they are not fetched (make test does).
+needs_hand_models = pytest.mark.skipif(
+    not hands.models_available(),
+    reason="MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)",
+)
 
 
 def copy_version(src: Path, models_dir: Path, name: str, version: int | None = None) -> Path:
@@ -86,6 +95,37 @@ def inprocess_client(cfg: ServiceConfig, *, load: bool = True) -> Iterator[tuple
         finally:
             if load:
                 client.portal.call(svc.stop)
+
+
+class Traffic:
+    """Requests sent back to back from a thread while something changes under the server:
+    every (status, served version) seen, and the bodies of any non-200 answer.
+
+    ``send(i)`` makes the ``i``-th request."""
+
+    def __init__(self, send: Callable[[int], requests.Response]) -> None:
+        self.send = send
+        self.seen = Counter[tuple[int, Any]]()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            r = self.send(i)
+            i += 1
+            self.seen[(r.status_code, r.json().get("version"))] += 1
+            if r.status_code != 200:
+                self.errors.append(r.text)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
 
 
 def predict_batch_scores(url: str, model: str, images: list[bytes]) -> np.ndarray:

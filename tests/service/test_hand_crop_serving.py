@@ -20,15 +20,12 @@ from PIL import Image
 from handserve import artifacts, hands
 from handserve.images import ImageSpec, decode_image
 from service.config import ServiceConfig
-from tests.service.helpers import inprocess_client
+from tests.service.helpers import inprocess_client, needs_hand_models
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.shared_data,
-    pytest.mark.skipif(
-        not hands.models_available(),
-        reason="MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)",
-    ),
+    needs_hand_models,
 ]
 JPEG, PNG = {"Content-Type": "image/jpeg"}, {"Content-Type": "image/png"}
 PHOTOS = ["A/kennethowen_1.jpg", "L/carbonara_2.jpg", "Y/mtritran_1.jpg", "B/davidlee_1.jpg"]

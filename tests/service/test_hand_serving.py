@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import requests
 
-from handserve import hand_features, hands
+from handserve import hand_features
 from handserve.runtimes import open_runtime
 from service.local_server import wait_ready
-from tests.service.helpers import digit_png, running_server
+from tests.service.helpers import digit_png, needs_hand_models, running_server
 
 from ..export.test_hand_export import _train_and_export
 from ..model.test_hand_head import fake_record, sign_folders  # noqa: F401 - the fixture
@@ -29,10 +29,7 @@ from ..model.test_hand_head import fake_record, sign_folders  # noqa: F401 - the
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.server,
-    pytest.mark.skipif(
-        not hands.models_available(),
-        reason="MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)",
-    ),
+    needs_hand_models,
 ]
 
 

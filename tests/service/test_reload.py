@@ -7,7 +7,6 @@ The exports are published as ``handserve train --export`` publishes them: writte
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from handserve import artifacts
 from service.local_server import wait_ready
-from tests.service.helpers import corrupt, digit_png, running_server
+from tests.service.helpers import Traffic, corrupt, digit_png, running_server
 from tests.staging import staging
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -67,31 +66,6 @@ def wait_for(check: Any, what: str, timeout: float = 60) -> None:
     raise AssertionError(f"not reached in {timeout}s: {what}")
 
 
-class Traffic:
-    """Predictions sent back to back from a thread: every status and served version."""
-
-    def __init__(self, url: str) -> None:
-        self.url, self.seen = url, Counter[tuple[int, Any]]()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        image = digit_png(3)
-        while not self._stop.is_set():
-            r = requests.post(
-                self.url + "/predict?model=digits", files={"image": image}, timeout=30
-            )
-            self.seen[(r.status_code, r.json().get("version"))] += 1
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-
 def test_new_version_is_served_bad_one_refused_pinned_stays(
     tiny_export: Path, tmp_path: Path
 ) -> None:
@@ -110,7 +84,12 @@ def test_new_version_is_served_bad_one_refused_pinned_stays(
         assert served(url) == {"digits": 1, "pinned": 1}
         # A half-written export is no version: never loaded, never refused.
         (models / "digits" / ".staging-unfinished").mkdir()
-        with Traffic(url) as traffic:
+        image = digit_png(3)
+
+        def predict(i: int) -> requests.Response:
+            return requests.post(url + "/predict?model=digits", files={"image": image}, timeout=30)
+
+        with Traffic(predict) as traffic:
             time.sleep(1)
             publish(tiny_export, models, "digits", 2)
             publish(tiny_export, models, "pinned", 2)

@@ -9,8 +9,6 @@ stayed 200 and ``/models`` listed ``versions=[]`` while serving version 1.
 from __future__ import annotations
 
 import shutil
-import threading
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 import requests
 
 from service.local_server import wait_ready
-from tests.service.helpers import digit_png, running_server
+from tests.service.helpers import Traffic, digit_png, running_server
 from tests.service.test_reload import INTERVAL_S, model_info, publish, served, wait_for
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -35,35 +33,6 @@ def batch(url: str, n: int, **params: Any) -> requests.Response:
 def models_entry(url: str, name: str) -> dict[str, Any]:
     body = requests.get(url + "/models", timeout=10).json()
     return next(m for m in body["models"] if m["name"] == name)
-
-
-class Traffic:
-    """/predict_batch requests of several sizes from a thread while the disk changes:
-    every (status, version) seen, and the bodies of any non-200 answer."""
-
-    def __init__(self, url: str, model: str) -> None:
-        self.url, self.model = url, model
-        self.seen = Counter[tuple[int, Any]]()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        i = 0
-        while not self._stop.is_set():
-            r = batch(self.url, SIZES[i % len(SIZES)], model=self.model)
-            i += 1
-            self.seen[(r.status_code, r.json().get("version"))] += 1
-            if r.status_code != 200:
-                self.errors.append(r.text)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
 
 
 def test_reload_off_keeps_serving_a_deleted_version_and_says_so(
@@ -104,7 +73,7 @@ def test_reload_on_falls_back_then_unloads_then_serves_again(
         assert served(url) == {"digits": 2, "solo": 1}
 
         # The newest version disappears under load: version 1 takes over, nothing fails.
-        with Traffic(url, "digits") as traffic:
+        with Traffic(lambda i: batch(url, SIZES[i % len(SIZES)], model="digits")) as traffic:
             wait_for(lambda: sum(traffic.seen.values()) >= 3, "traffic flows")
             shutil.rmtree(models / "digits" / "2")
             wait_for(lambda: served(url)["digits"] == 1, "/models shows digits 1")

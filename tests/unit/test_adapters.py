@@ -17,9 +17,16 @@ from tests.unit.test_layout import python_files
 
 #: Where a private name of another library may be used.
 ADAPTERS = REPO / "handserve" / "adapters"
-#: Packages checked. service/ joins when BentoML's internals have moved into
-#: handserve/adapters/bentoml.py (issue 35).
-SCANNED = ("handserve", "handserve_cli", "training", "benchmarks", "examples", "load_tests")
+#: Packages checked (BentoML's and uvicorn's internals are in handserve/adapters too).
+SCANNED = (
+    "handserve",
+    "handserve_cli",
+    "training",
+    "service",
+    "benchmarks",
+    "examples",
+    "load_tests",
+)
 
 
 @pytest.fixture(scope="module")

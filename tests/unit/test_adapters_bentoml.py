@@ -65,3 +65,19 @@ def test_cork_dispatcher_batches_items_through_the_function_given() -> None:
 
     assert asyncio.run(main()) == [0, 2, 4, 6]
     assert sum(batches) == 4
+
+
+def test_build_locals_finds_the_bento_create_frame_up_the_stack() -> None:
+    """``bentoml build`` imports the service module from inside Bento.create: its two locals
+    are found however deep the import runs, and nothing outside a build."""
+    namespace: dict[str, object] = {"__name__": "bentoml._internal.bento.bento"}
+    exec(  # a function named and placed as BentoML's, calling back into this test
+        "def create(build_config, build_ctx, then):\n    return then()\n", namespace
+    )
+
+    def deeper() -> object:
+        return adapter.build_locals()
+
+    create = namespace["create"]
+    assert create("CONFIG", "/ctx", deeper) == ("CONFIG", "/ctx")  # type: ignore[operator]
+    assert adapter.build_locals() is None
