@@ -12,20 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from handserve.adapters import installed
-from handserve.adapters import moved as _moved
+from handserve.adapters import moved
 
 LIBRARY = "keras"
-
-
-def version() -> str:
-    """The installed Keras version (``"not installed"`` without it)."""
-    return installed(LIBRARY)
-
-
-def moved(internal: str, exc: BaseException) -> RuntimeError:
-    """The error for an internal this installed version no longer has as this module uses it."""
-    return _moved(LIBRARY, "keras.py", internal, exc)
 
 
 def nested_layers(model: Any) -> list[Any]:
@@ -39,4 +28,4 @@ def nested_layers(model: Any) -> list[Any]:
     try:
         return list(model._flatten_layers(include_self=False, recursive=True))
     except (AttributeError, TypeError) as exc:
-        raise moved(internal, exc) from exc
+        raise moved(LIBRARY, "keras.py", internal, exc) from exc

@@ -11,20 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from handserve.adapters import installed
-from handserve.adapters import moved as _moved
+from handserve.adapters import moved
 
 LIBRARY = "ai-edge-litert"
-
-
-def version() -> str:
-    """The installed ai-edge-litert version (``"not installed"`` without it)."""
-    return installed(LIBRARY)
-
-
-def moved(internal: str, exc: BaseException) -> RuntimeError:
-    """The error for an internal this installed version no longer has as this module uses it."""
-    return _moved(LIBRARY, "litert.py", internal, exc)
 
 
 def operator_names(interpreter: Any) -> list[str]:
@@ -39,4 +28,4 @@ def operator_names(interpreter: Any) -> list[str]:
         details = interpreter._get_ops_details()
         return sorted({str(op["op_name"]) for op in details})
     except (AttributeError, KeyError, TypeError) as exc:
-        raise moved(internal, exc) from exc
+        raise moved(LIBRARY, "litert.py", internal, exc) from exc
