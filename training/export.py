@@ -27,12 +27,16 @@ from handserve.artifacts import (
     EMBEDDED_LABELS,
     EMBEDDED_METADATA,
     FormatEntry,
-    HandFeatures,
-    InputContract,
     Manifest,
 )
 from training import run_folder
-from training import verify as verify_mod
+from training.formats import (  # noqa: F401 - also imported from here by callers
+    INPUT_NAME,
+    OUTPUT_NAME,
+    REQUIRED_FORMATS,
+    keep_what_passes,
+    write_saved_model,
+)
 from training.litert import (
     TFLITE_FORMATS,
     ExportError,
@@ -62,14 +66,8 @@ log = logging.getLogger(__name__)
 
 
 SAVED_MODEL = artifacts.SAVED_MODEL
-#: Formats a version cannot be published without: what the service runs (``model.tflite`` on
-#: CPU, the SavedModel on GPU). Any other format that misses its parity bound is left out.
-REQUIRED_FORMATS = tuple(k for k, f in artifacts.FORMATS.items() if f.required)
 #: ``--formats`` names: the LiteRT files an export may build (the table's ``flag`` column).
 FORMAT_CHOICES = {f.flag: k for k, f in artifacts.FORMATS.items() if f.flag}
-#: Name of the SavedModel signature's input and output tensors.
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 
 
 def read_run(run_dir: Path) -> FinishedRun:
@@ -97,31 +95,6 @@ def _load_model(run: FinishedRun) -> Any:
     if got_out != len(run.labels):
         raise ExportError(f"{path}: {got_out} outputs but labels.txt has {len(run.labels)}")
     return model
-
-
-# ---------------------------------------------------------------------------------------------
-# SavedModel
-
-
-def write_saved_model(
-    model: Any, path: Path, contract: InputContract | HandFeatures, input_name: str = INPUT_NAME
-) -> None:
-    """A SavedModel whose ``serving_default`` calls the model with ``training=False``.
-
-    Keras' ``model.export`` keeps augmentation layers active (docs/artifacts.md); an explicit
-    inference-mode endpoint makes the exported graph deterministic whatever layers a model has.
-    """
-    import keras
-    import tensorflow as tf
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serving_default",
-        fn=lambda images: {OUTPUT_NAME: model(images, training=False)},
-        input_signature=[tf.TensorSpec((None, *contract.shape), tf.float32, name=input_name)],
-    )
-    archive.write_out(str(path), verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,49 +219,6 @@ def _build_tflite(
             check_tflite_file(path, run.labels)
             built[spec.key] = entry
     return built
-
-
-def keep_what_passes(
-    tmp: Path,
-    built: dict[str, FormatEntry],
-    model: Any,
-    test_data: tuple[np.ndarray, np.ndarray, str] | None,
-    num_threads: int | None,
-    where: str,
-) -> tuple[dict[str, FormatEntry], dict[str, Any]]:
-    """Parity of every format; drop those that fail, or raise if a served one does.
-
-    Returns the kept formats, each with its measured metrics, and ``export_evaluation``.
-    """
-    if test_data is None:
-        x, y = verify_mod.load_samples(tmp)
-        data_desc = "samples.npz (labelled test images from the run)"
-    else:
-        x, y, data_desc = test_data
-    report = verify_mod.check_parity(
-        tmp, built, x, y, keras_model=model, data=data_desc, num_threads=num_threads
-    )
-    log.info("parity at export:\n%s", verify_mod.format_table(report))
-    failed = {r.name: r.failures for r in report.results if r.failures}
-    fatal = [f"{k}: {'; '.join(v)}" for k, v in failed.items() if k in REQUIRED_FORMATS]
-    if fatal:
-        raise ExportError("parity check failed: " + "; ".join(fatal))
-    for key, reasons in failed.items():
-        (tmp / built[key].path).unlink()
-        log.warning("%s left out of %s: %s", key, where, "; ".join(reasons))
-    by_name = {r.name: r for r in report.results}
-    kept = {
-        k: dataclasses.replace(f, metrics=by_name[k].metrics())
-        for k, f in built.items()
-        if k not in failed
-    }
-    evaluation = {
-        "data": data_desc,
-        "images": len(x),
-        "keras": by_name["keras"].metrics(),
-        "left_out": dict(failed),
-    }
-    return kept, evaluation
 
 
 def _copy_run_files(run: FinishedRun, dest: Path) -> None:

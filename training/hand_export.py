@@ -34,7 +34,7 @@ from handserve.artifacts import (
     Manifest,
     read_embedded,
 )
-from training import export as export_mod
+from training import formats as export_steps
 from training import run_folder
 from training.litert import TFLITE_FORMATS, ExportError, check_builtin_only, convert_tflite
 from training.run_folder import REPORT_FILES, RunFolder, RunFolderError
@@ -116,7 +116,9 @@ def export_hand_run(
     with artifacts.staging_version(models_dir, name) as (tmp, version):
         log.info("exporting %s as %s/%d (hand features: %s)", run.path, name, version, kind)
         _copy_files(run, tmp, embedder)
-        export_mod.write_saved_model(model, tmp / artifacts.SAVED_MODEL.path, contract, INPUT_NAME)
+        export_steps.write_saved_model(
+            model, tmp / artifacts.SAVED_MODEL.path, contract, INPUT_NAME
+        )
         built: dict[str, FormatEntry] = {
             artifacts.SAVED_MODEL.key: FormatEntry(
                 path=artifacts.SAVED_MODEL.path,
@@ -126,7 +128,7 @@ def export_hand_run(
             )
         }
         calibration = features(run.read_calibration())
-        wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), *export_mod.REQUIRED_FORMATS}
+        wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), *export_steps.REQUIRED_FORMATS}
         for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
             data, entry = convert_tflite(
                 tmp / artifacts.SAVED_MODEL.path, spec.precision, calibration, float_input=True
@@ -142,7 +144,7 @@ def export_hand_run(
         if verify:
             with np.load(tmp / artifacts.SAMPLES) as samples:
                 x, y = features(np.asarray(samples["x"])), np.asarray(samples["y"])
-            built, evaluation = export_mod.keep_what_passes(
+            built, evaluation = export_steps.keep_what_passes(
                 tmp,
                 built,
                 model,
@@ -166,41 +168,6 @@ def export_hand_run(
         artifacts.write_manifest(tmp, manifest)
         artifacts.verify_files(tmp, artifacts.read_manifest(tmp))
         return artifacts.publish(tmp, models_dir, name, version)
-
-
-def hand_inputs(
-    version_dir: Path, manifest: Manifest, data_dir: str | None = None
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Features and labels to check a hand version on (``handserve verify``): its sample hands,
-    or every hand in the photos of ``data_dir`` (a folder of classes or of sources).
-
-    Raises:
-        ArtifactError: a class folder that is not one of the version's labels.
-    """
-    contract = manifest.hand_features
-    assert contract is not None
-    embedder = None
-    if contract.embedder is not None:
-        embedder = hand_features.GestureEmbedder(
-            (Path(version_dir) / contract.embedder).read_bytes()
-        )
-    if data_dir is None:
-        with np.load(Path(version_dir) / artifacts.SAMPLES) as samples:
-            records, y = np.asarray(samples["x"]), np.asarray(samples["y"])
-        what = f"{artifacts.SAMPLES} (sample hands)"
-    else:
-        from training.data import hands as hand_data
-
-        table = hand_data.load_table([data_dir])
-        unknown = [c for c in table.class_names if c not in manifest.labels]
-        if unknown:
-            raise artifacts.ArtifactError(
-                Path(data_dir), f"class folder(s) {unknown} are not labels of the model"
-            )
-        records = table.x
-        y = np.asarray([manifest.labels.index(table.class_names[i]) for i in table.y])
-        what = f"every hand in {data_dir} ({len(table.no_hand)} photos without one left out)"
-    return hand_features.features(records, contract.kind, embedder), y, what
 
 
 def _copy_files(run: RunFolder, dest: Path, embedder: bytes | None) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from handserve import artifacts
+from handserve import artifacts, hand_features
 from handserve.artifacts import ArtifactError, FormatEntry, Manifest
 from handserve.runtimes import LiteRTRuntime, SavedModelRuntime, open_format
 from training import tflite_metadata
@@ -381,9 +381,7 @@ def verify_version(
         for name, entry in manifest.formats.items()
     }
     check_input_shapes(version_dir, manifest, keras_model, runners)
-    if manifest.hand_features is not None:  # photos' hands as features (training.hand_export)
-        from training.hand_export import hand_inputs
-
+    if manifest.hand_features is not None:  # photos' hands as features (hand_inputs, below)
         x, y, data = hand_inputs(version_dir, manifest, data_dir)
     elif data_dir:
         x, y, data = load_test_split(manifest.training, data_dir, dataset)
@@ -422,3 +420,38 @@ def format_metadata(report: ParityReport) -> str:
     for path, problems in report.metadata.items():
         lines.append(f"  {path}: " + ("ok" if not problems else "; ".join(problems)))
     return "\n".join(lines)
+
+
+def hand_inputs(
+    version_dir: Path, manifest: Manifest, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Features and labels to check a hand version on (``handserve verify``): its sample hands,
+    or every hand in the photos of ``data_dir`` (a folder of classes or of sources).
+
+    Raises:
+        ArtifactError: a class folder that is not one of the version's labels.
+    """
+    contract = manifest.hand_features
+    assert contract is not None
+    embedder = None
+    if contract.embedder is not None:
+        embedder = hand_features.GestureEmbedder(
+            (Path(version_dir) / contract.embedder).read_bytes()
+        )
+    if data_dir is None:
+        with np.load(Path(version_dir) / artifacts.SAMPLES) as samples:
+            records, y = np.asarray(samples["x"]), np.asarray(samples["y"])
+        what = f"{artifacts.SAMPLES} (sample hands)"
+    else:
+        from training.data import hands as hand_data
+
+        table = hand_data.load_table([data_dir])
+        unknown = [c for c in table.class_names if c not in manifest.labels]
+        if unknown:
+            raise artifacts.ArtifactError(
+                Path(data_dir), f"class folder(s) {unknown} are not labels of the model"
+            )
+        records = table.x
+        y = np.asarray([manifest.labels.index(table.class_names[i]) for i in table.y])
+        what = f"every hand in {data_dir} ({len(table.no_hand)} photos without one left out)"
+    return hand_features.features(records, contract.kind, embedder), y, what

@@ -150,6 +150,7 @@ def test_inline_decode_only_for_few_bytes_and_few_pixels() -> None:
     class Model:  # what decode_all reads of a loaded model
         manifest = Manifest("m", 1, ["a"], InputContract(28, 28, 1), {}, [])
         spec = manifest.input.image_spec
+        hands = None  # an image model
 
     limits = inference.InlineLimits(bytes=16 * 1024, pixels=256 * 256)
     small, flat_big = _png(28, 28), _png(3000, 3000)

@@ -17,7 +17,7 @@ from typing import get_args
 import pytest
 import yaml
 
-from handserve import artifacts, runtimes
+from handserve import artifacts, hand_features, runtimes
 from handserve.artifacts import FORMATS, RUNTIMES, ArtifactError
 from service.config import Runtime
 from tests.conftest import REPO
@@ -130,7 +130,9 @@ def test_each_bentofile_packs_what_its_runtime_serves(bentofile: str) -> None:
     served = artifacts.served_format(runtime)
     pattern = f"models/*/*/{served.path}" + ("/**" if served.kind == "saved_model" else "")
     packed = {p for p in spec["include"] if p.startswith("models/*/")}
-    assert packed == {f"models/*/*/{artifacts.MANIFEST}", pattern}
+    # and a hand-feature head's embedder copy, which its features need on any runtime
+    embedder = f"models/*/*/{hand_features.EMBEDDER_FILE}"
+    assert packed == {f"models/*/*/{artifacts.MANIFEST}", pattern, embedder}
 
 
 # ---------------------------------------------------------------------------------- publishing
