@@ -64,7 +64,7 @@ DIR_MODE, FILE_MODE = 0o755, 0o644
 
 
 @dataclass(frozen=True)
-class FormatSpec:
+class ExportFormat:
     """One runnable form of the model: a row of :data:`FORMATS`.
 
     Attributes:
@@ -73,7 +73,7 @@ class FormatSpec:
         kind: ``FormatEntry.kind`` (``saved_model`` or ``tflite``).
         precision: ``float32``, ``float16`` or ``int8``; it selects the parity bound the export
             and ``handserve verify`` hold it to (``training.verify.PARITY_BOUNDS``).
-        runtime: the runtime that runs it (``handserve.runtimes.RUNTIMES``).
+        runtime: the runtime that runs it (``handserve.runtimes.DEFAULT_FORMAT``).
         flag: its name in ``handserve export --formats`` (None: always built).
         required: a version is not published without it (what the servers run by default).
     """
@@ -99,40 +99,41 @@ class FormatSpec:
 
 #: Every format an export can write, in the order it writes them. Adding a format is a row here,
 #: a converter in training/ and, for a new kind of file, a runtime class (docs/architecture.md).
-FORMATS: dict[str, FormatSpec] = {
-    spec.key: spec
-    for spec in (
+FORMATS: dict[str, ExportFormat] = {
+    fmt.key: fmt
+    for fmt in (
         # key, path, kind, precision, runtime, --formats flag, required
-        FormatSpec(
+        ExportFormat(
             "saved_model", "saved_model", "saved_model", "float32", "savedmodel", None, True
         ),
-        FormatSpec("tflite_fp32", "model.tflite", "tflite", "float32", "litert", "fp32", True),
-        FormatSpec(
+        ExportFormat("tflite_fp32", "model.tflite", "tflite", "float32", "litert", "fp32", True),
+        ExportFormat(
             "tflite_fp16", "model_fp16.tflite", "tflite", "float16", "litert", "fp16", False
         ),
-        FormatSpec("tflite_int8", "model_int8.tflite", "tflite", "int8", "litert", "int8", False),
+        ExportFormat("tflite_int8", "model_int8.tflite", "tflite", "int8", "litert", "int8", False),
     )
 }
 #: The Open Inference Protocol's ``platform`` of a server running each runtime.
 PLATFORMS = {"savedmodel": "tensorflow_savedmodel", "litert": "litert_tflite"}
-#: The runtimes, each with the format a server runs by default (its first required row).
-RUNTIMES: dict[str, FormatSpec] = {}
-for _spec in FORMATS.values():
-    if _spec.required:
-        RUNTIMES.setdefault(_spec.runtime, _spec)
+#: Runtime name -> the format a server of that runtime runs by default (its first required row):
+#: its keys are the runtime names (the classes that run them: handserve.runtimes.RUNTIMES).
+DEFAULT_FORMAT: dict[str, ExportFormat] = {}
+for _fmt in FORMATS.values():
+    if _fmt.required:
+        DEFAULT_FORMAT.setdefault(_fmt.runtime, _fmt)
 SAVED_MODEL = FORMATS["saved_model"]
 TFLITE_FP32 = FORMATS["tflite_fp32"]
 
 
-def served_format(runtime: str, litert_file: str | None = None) -> FormatSpec:
+def served_format(runtime: str, litert_file: str | None = None) -> ExportFormat:
     """The format a server of ``runtime`` runs: its default, or the LiteRT file it was told.
 
     Raises:
         ValueError: an unknown runtime.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    default = RUNTIMES[runtime]
+    if runtime not in DEFAULT_FORMAT:
+        raise ValueError(f"unknown runtime {runtime!r}; choose from {', '.join(DEFAULT_FORMAT)}")
+    default = DEFAULT_FORMAT[runtime]
     if litert_file is None or default.kind != "tflite" or litert_file == default.path:
         return default
     known = [f for f in FORMATS.values() if f.path == litert_file and f.runtime == runtime]

@@ -37,7 +37,7 @@ MAX_CALL_BATCH = 64
 class Runtime(Protocol):
     """What callers need from a model runner."""
 
-    name: str  # a key of handserve.artifacts.RUNTIMES: also a metric label
+    name: str  # a key of handserve.artifacts.DEFAULT_FORMAT: also a metric label
     file: str  # the file or folder it runs, relative to the version folder
     input_shape: tuple[int, ...]  # (H, W, C)
     instances: int  # model calls that may run at once (callers split long inputs over them)
@@ -264,9 +264,9 @@ class SavedModelRuntime:
         _, kwargs = self._fn.structured_input_signature
         if len(kwargs) != 1:
             raise ArtifactError(self.path, f"serving_default takes {len(kwargs)} inputs, not 1")
-        ((self._input_name, spec),) = kwargs.items()
-        self.input_shape = tuple(int(d) for d in spec.shape[1:])
-        self.input_dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        ((self._input_name, tensor),) = kwargs.items()
+        self.input_shape = tuple(int(d) for d in tensor.shape[1:])
+        self.input_dtype = np.dtype(tensor.dtype.as_numpy_dtype)
         outputs = self._fn.structured_outputs
         if len(outputs) != 1:
             raise ArtifactError(self.path, f"serving_default has {len(outputs)} outputs, not 1")
@@ -282,7 +282,7 @@ class SavedModelRuntime:
         return np.concatenate(outs).astype(np.float32, copy=False)
 
 
-#: The class of each runtime of :data:`handserve.artifacts.RUNTIMES`, by name.
+#: The class of each runtime of :data:`handserve.artifacts.DEFAULT_FORMAT`, by name.
 RUNTIMES: dict[str, type[LiteRTRuntime] | type[SavedModelRuntime]] = {
     cls.name: cls for cls in (LiteRTRuntime, SavedModelRuntime)
 }
@@ -293,10 +293,10 @@ def open_format(
 ) -> LiteRTRuntime | SavedModelRuntime:
     """The runtime for one format of a manifest (what verify and the export's parity use)."""
     path = Path(version_dir) / entry.path
-    spec = next((f for f in artifacts.FORMATS.values() if f.kind == entry.kind), None)
-    if spec is None:
+    fmt = next((f for f in artifacts.FORMATS.values() if f.kind == entry.kind), None)
+    if fmt is None:
         raise ArtifactError(path, f"unknown format kind {entry.kind!r}")
-    return RUNTIMES[spec.runtime](path, num_threads=num_threads, instances=instances)
+    return RUNTIMES[fmt.runtime](path, num_threads=num_threads, instances=instances)
 
 
 def open_runtime(

@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--bentofile", default="bentofile.yaml")
     parser.add_argument("context", nargs="?", default=".", help="build context (default: .)")
     args = parser.parse_args(argv)
-    spec = yaml.safe_load(Path(args.bentofile).read_text()) or {}
-    envs = {e["name"]: str(e.get("value", "")) for e in spec.get("envs") or []}
+    bentofile = yaml.safe_load(Path(args.bentofile).read_text()) or {}
+    envs = {e["name"]: str(e.get("value", "")) for e in bentofile.get("envs") or []}
     target = BuildTarget(Path(args.context), envs)
     if allowed_empty():
         print(f"{ALLOW_ENV} is set: not checking models/")  # noqa: T201 - CLI output

@@ -22,9 +22,9 @@ from handserve import artifacts, integers
 from handserve.configs import Settings, setting
 from handserve.images import DEFAULT_MAX_PIXELS
 
-#: "auto" or a runtime of handserve.artifacts.RUNTIMES (a Literal, so pydantic and mypy check
-#: it; tests/unit/test_model_folder.py checks that the two lists agree).
-Runtime = Literal["auto", "litert", "savedmodel"]
+#: The ``runtime`` setting: "auto" or a runtime name, a key of handserve.artifacts.DEFAULT_FORMAT
+#: (a Literal, so pydantic and mypy check it; tests/unit/test_model_folder.py: the lists agree).
+RuntimeChoice = Literal["auto", "litert", "savedmodel"]
 ENV_PREFIX = "HANDSERVE_"
 CONFIG_ENV = "HANDSERVE_CONFIG"
 
@@ -46,7 +46,7 @@ class ServiceConfig(Settings):
     # None: the only model, else the first by name. Requests may always name a model.
     default_model: str | None = setting(None, "model used when a request names none")
     # auto: SavedModel on a visible GPU (TensorFlow uses it), else LiteRT (3-20x faster on CPU).
-    runtime: Runtime = setting("auto", "which runtime runs the models (auto: by hardware)")
+    runtime: RuntimeChoice = setting("auto", "which runtime runs the models (auto: by hardware)")
     # float32 is the exact export; int8 measured slower on these CPUs (docs/service.md).
     litert_file: str = setting(
         artifacts.TFLITE_FP32.path, "which .tflite of the version folder LiteRT runs"

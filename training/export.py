@@ -195,21 +195,21 @@ def _build_tflite(
     gray = run.contract.channels == 1
     rgb_sources: dict[bool, Path] = {}  # a grayscale model's RGB entry points, by exactness
     with tempfile.TemporaryDirectory(prefix="handserve-rgb-") as scratch:
-        for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
-            log.info("converting %s", spec.path)
+        for fmt in (f for f in TFLITE_FORMATS if f.key in wanted):
+            log.info("converting %s", fmt.path)
             source = tmp / SAVED_MODEL.path
             if gray:  # each written once, for the files that share it
-                exact = spec.precision != "int8"
+                exact = fmt.precision != "int8"
                 if exact not in rgb_sources:
                     rgb_sources[exact] = Path(scratch) / ("exact" if exact else "weighted-sum")
                     write_rgb_saved_model(model, rgb_sources[exact], exact=exact)
                 source = rgb_sources[exact]
-            data, entry = convert_tflite(source, spec.precision, calibration, rgb=gray)
-            path = tmp / spec.path
+            data, entry = convert_tflite(source, fmt.precision, calibration, rgb=gray)
+            path = tmp / fmt.path
             path.write_bytes(data)
             ops = check_builtin_only(path)
-            log.info("%s: %d bytes, operators %s", spec.path, len(data), ", ".join(ops))
-            entry = dataclasses.replace(entry, path=spec.path)
+            log.info("%s: %d bytes, operators %s", fmt.path, len(data), ", ".join(ops))
+            entry = dataclasses.replace(entry, path=fmt.path)
             embed_metadata(
                 path,
                 run.labels,
@@ -217,7 +217,7 @@ def _build_tflite(
                 _metadata_info(name, version, run, entry),
             )
             check_tflite_file(path, run.labels)
-            built[spec.key] = entry
+            built[fmt.key] = entry
     return built
 
 

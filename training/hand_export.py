@@ -129,17 +129,17 @@ def export_hand_run(
         }
         calibration = features(run.read_calibration())
         wanted = {*(formats or [f.key for f in TFLITE_FORMATS]), *export_steps.REQUIRED_FORMATS}
-        for spec in (f for f in TFLITE_FORMATS if f.key in wanted):
+        for fmt in (f for f in TFLITE_FORMATS if f.key in wanted):
             data, entry = convert_tflite(
-                tmp / artifacts.SAVED_MODEL.path, spec.precision, calibration, float_input=True
+                tmp / artifacts.SAVED_MODEL.path, fmt.precision, calibration, float_input=True
             )
-            path = tmp / spec.path
+            path = tmp / fmt.path
             path.write_bytes(data)
             ops = check_builtin_only(path)
-            log.info("%s: %d bytes, operators %s", spec.path, len(data), ", ".join(ops))
-            entry = dataclasses.replace(entry, path=spec.path)
+            log.info("%s: %d bytes, operators %s", fmt.path, len(data), ", ".join(ops))
+            entry = dataclasses.replace(entry, path=fmt.path)
             _embed(path, labels, _metadata(name, version, contract, entry, len(labels)))
-            built[spec.key] = entry
+            built[fmt.key] = entry
         evaluation = None
         if verify:
             with np.load(tmp / artifacts.SAMPLES) as samples:

@@ -22,7 +22,7 @@ import numpy as np
 
 from handserve import artifacts, hand_features
 from handserve.artifacts import ArtifactError, FormatEntry, Manifest
-from handserve.runtimes import LiteRTRuntime, SavedModelRuntime, open_format
+from handserve.runtimes import Runtime, open_format
 from training import tflite_metadata
 from training.evaluate import predict_proba
 
@@ -104,10 +104,7 @@ class ParityReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# Runners: Keras here; every exported format runs on handserve.runtimes, the code that serves.
-
-
-Runner = LiteRTRuntime | SavedModelRuntime
+# Keras here; every exported format runs on a handserve.runtimes.Runtime, the code that serves.
 
 
 def images_per_second(
@@ -140,7 +137,7 @@ def check_parity(
     data: str = artifacts.SAMPLES,
     num_threads: int | None = None,
     speed_seconds: float = 0.0,
-    runners: Mapping[str, Runner] | None = None,
+    runners: Mapping[str, Runtime] | None = None,
 ) -> ParityReport:
     """Run ``x`` through Keras and every format under ``version_dir`` and compare.
 
@@ -189,7 +186,7 @@ def _format_row(
     version_dir: Path,
     name: str,
     entry: FormatEntry,
-    runner: Runner,
+    runner: Runtime,
     x: np.ndarray,
     y: np.ndarray,
     ref: np.ndarray,
@@ -293,7 +290,7 @@ def check_input_shapes(
     version_dir: Path,
     manifest: Manifest,
     keras_model: Any = None,
-    runners: Mapping[str, Runner] | None = None,
+    runners: Mapping[str, Runtime] | None = None,
 ) -> None:
     """The Keras model must take the manifest's ``(H, W, C)``, and every format the input shape
     its manifest entry records (the contract's, or RGB for a grayscale model's mobile files).

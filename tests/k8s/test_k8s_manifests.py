@@ -20,7 +20,7 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from service.config import Runtime, ServiceConfig
+from service.config import RuntimeChoice, ServiceConfig
 from tests.k8s.kube import (
     BUILDS,
     CLUSTER_SCOPED,
@@ -270,5 +270,5 @@ def test_environment_matches_the_service_config(name: str) -> None:
     assert {"HANDSERVE_MODELS_DIR", "HANDSERVE_RUNTIME"} <= set(handserve_vars)
     for key in handserve_vars:
         assert key.removeprefix("HANDSERVE_").lower() in fields, f"{key} is no ServiceConfig field"
-    assert variables["HANDSERVE_RUNTIME"] in get_args(Runtime)
+    assert variables["HANDSERVE_RUNTIME"] in get_args(RuntimeChoice)
     assert variables["HANDSERVE_MODELS_DIR"].startswith("/")

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from handserve import artifacts, hand_features, runtimes
-from handserve.artifacts import FORMATS, RUNTIMES, ArtifactError
-from service.config import Runtime
+from handserve.artifacts import DEFAULT_FORMAT, FORMATS, ArtifactError
+from service.config import RuntimeChoice
 from tests.conftest import REPO
 from tests.staging import staging
 
@@ -106,9 +106,9 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_every_list_of_formats_and_runtimes_is_the_table() -> None:
     from training import export, litert
 
-    assert set(get_args(Runtime)) == {"auto", *RUNTIMES}
-    assert set(runtimes.RUNTIMES) == set(RUNTIMES)
-    assert {f.runtime for f in FORMATS.values()} == set(RUNTIMES)
+    assert set(get_args(RuntimeChoice)) == {"auto", *DEFAULT_FORMAT}
+    assert set(runtimes.RUNTIMES) == set(DEFAULT_FORMAT)
+    assert {f.runtime for f in FORMATS.values()} == set(DEFAULT_FORMAT)
     assert export.FORMAT_CHOICES == {
         "fp32": "tflite_fp32",
         "fp16": "tflite_fp16",
