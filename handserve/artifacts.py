@@ -294,11 +294,9 @@ class Manifest:
     name: str
     version: int
     labels: list[str]
-    #: The image contract; a hand head's version holds a :class:`HandFeatures` here instead
-    #: (read it through :attr:`hand_features`). Typed as the image contract because every
-    #: server path reads images: :func:`load_verified` refuses a hand version to a server
-    #: until the data plane serves hand features, so none of them ever holds one.
-    input: InputContract
+    #: What the model takes: an image contract, or a hand-feature head's contract (read them
+    #: through :attr:`image` and :attr:`hand_features`, which say which it is).
+    input: InputContract | HandFeatures
     formats: dict[str, FormatEntry]
     files: list[FileEntry]
     created_at: str = ""
@@ -321,8 +319,19 @@ class Manifest:
     @property
     def hand_features(self) -> HandFeatures | None:
         """The hand-feature contract of a hand head's version, else None (an image model)."""
-        found: object = self.input
-        return found if isinstance(found, HandFeatures) else None
+        return self.input if isinstance(self.input, HandFeatures) else None
+
+    @property
+    def image(self) -> InputContract:
+        """The image contract of an image model's version.
+
+        Raises:
+            ValueError: a hand-feature head's version, which takes features, not images (the
+                callers that can meet one ask :attr:`hand_features` first).
+        """
+        if isinstance(self.input, HandFeatures):
+            raise ValueError(f"{self.name}/{self.version} is a hand-feature head: no image input")
+        return self.input
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -330,7 +339,7 @@ class Manifest:
         if hand is not None:
             data["input"] = hand.to_dict()
         else:
-            data["input"]["value_range"] = list(self.input.value_range)
+            data["input"]["value_range"] = list(self.image.value_range)
         return data
 
     @classmethod

@@ -65,7 +65,7 @@ class LoadedModel:
         if self.hands is not None:
             width, height = hands.DETECT_SIZE
             return ImageSpec(height, width, 3)
-        return self.manifest.input.image_spec
+        return self.manifest.image.image_spec
 
 
 @dataclass(frozen=True)
@@ -425,12 +425,13 @@ def _describe_input(man: Manifest) -> dict[str, Any]:
             "landmarks": hand.landmarks,
             "landmark_tensors": {k: list(v) for k, v in LANDMARK_TENSORS.items()},
         }
+    image = man.image
     return {
-        "height": man.input.height,
-        "width": man.input.width,
-        "channels": man.input.channels,
-        "color_mode": man.input.color_mode,
-        "dtype": man.input.dtype,
-        "value_range": list(man.input.value_range),
-        "crop": man.input.crop,
+        "height": image.height,
+        "width": image.width,
+        "channels": image.channels,
+        "color_mode": image.color_mode,
+        "dtype": image.dtype,
+        "value_range": list(image.value_range),
+        "crop": image.crop,
     }

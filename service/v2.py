@@ -173,7 +173,7 @@ def model_metadata(name: str, version: int, runtime: str, manifest: Manifest) ->
             ),
         ]
     else:
-        contract = manifest.input
+        contract = manifest.image
         shape = [-1, contract.height, contract.width, contract.channels]
         inputs = [
             {"name": TENSOR_INPUT, "datatype": "UINT8", "shape": shape},
@@ -339,7 +339,7 @@ class _BinaryParts:
 
 
 def _contract_shape(manifest: Manifest) -> str:
-    c = manifest.input
+    c = manifest.image
     return f"[N, {c.height}, {c.width}, {c.channels}]"
 
 
@@ -362,7 +362,7 @@ def _pixels(
             "bad_request",
             f"input {TENSOR_INPUT!r} has datatype {tensor.datatype[:16]!r}; use UINT8 or FP32",
         )
-    c = manifest.input
+    c = manifest.image
     if len(tensor.shape) != 4 or tensor.shape[1:] != [c.height, c.width, c.channels]:
         raise ApiError(
             "bad_request",
