@@ -147,7 +147,11 @@ class HandPipeline:
 
 def landmark_tensors(hand: hands.Hand) -> dict[str, np.ndarray]:
     """A detected hand as the :data:`LANDMARK_TENSORS` a phone would send for it."""
-    record = hand_features.record(hand)
+    return record_tensors(hand_features.record(hand))
+
+
+def record_tensors(record: np.ndarray) -> dict[str, np.ndarray]:
+    """A hand record (:func:`handserve.hand_features.record`) as :data:`LANDMARK_TENSORS`."""
     image, world, handedness, size = hand_features.unpack(record)
     return {
         "image_landmarks": image,

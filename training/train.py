@@ -181,21 +181,7 @@ def _train_hands(cfg: TrainConfig, runs_dir: Path, name: str, verbose: int) -> T
         run.write_labels(dataset.class_names)
         if embedder is not None:  # the copy the export puts in the version folder
             (run / hand_features.EMBEDDER_FILE).write_bytes(embedder)
-        evaluate_mod.plot_confusion_matrix(
-            confusion,
-            dataset.class_names,
-            run / "confusion_matrix.png",
-            title=f"{dataset.name} {metrics['per_class']['split']} split",
-        )
-        evaluate_mod.plot_learning_curves(records, run / "learning_curves.png")
-        sample_split = dataset.test if dataset.test is not None else dataset.val
-        sx, sy = _subsample(sample_split.x, sample_split.y, N_SAMPLES, cfg.seed)
-        run.write_samples(sx, sy)
-        cx, _ = _subsample(dataset.train.x, dataset.train.y, N_CALIBRATION, cfg.seed + 1)
-        run.write_calibration(cx)
-        missing = run.missing(RUN_FILES)
-        if missing:
-            raise RuntimeError(f"run folder incomplete, missing {missing}")
+        _write_report_and_samples(run, cfg, dataset, metrics, records, confusion)
     final = runs_dir / name
     log.info(
         "run %s: val accuracy %.4f, test accuracy %s (%s)",
@@ -272,6 +258,20 @@ def _write_run(
         )
     )
     run.write_labels(dataset.class_names)
+    _write_report_and_samples(run, cfg, dataset, metrics, records, confusion)
+
+
+def _write_report_and_samples(
+    run: RunFolder,
+    cfg: TrainConfig,
+    dataset: Any,
+    metrics: dict[str, Any],
+    records: list[dict[str, Any]],
+    confusion: np.ndarray,
+) -> None:
+    """What every run writes last, image or hand features alike: the confusion matrix and
+    learning curves, the samples (parity data) and calibration set of the export, then the
+    check that no file of :data:`training.run_folder.RUN_FILES` is missing."""
     evaluate_mod.plot_confusion_matrix(
         confusion,
         dataset.class_names,

@@ -191,19 +191,9 @@ def test_hand_features_holds_each_group_out(
     import importlib.util
     import sys
 
-    from tests.model.test_hand_head import fake_record
-    from training.data import hands as hd
+    from tests.model.test_hand_head import fake_signers
 
-    first = tmp_path / "signers"
-    for label in "ABC":
-        for source in ("one", "two"):
-            for n in range(12):
-                path = first / source / label / f"{n}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(f"{source}{label}{n}".encode())
-    monkeypatch.setattr(hd, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(hd, "_record_of", fake_record)
-    monkeypatch.setattr(hd.hands, "check_models", lambda: None)
+    first = fake_signers(tmp_path / "signers", monkeypatch, tmp_path / "cache", per_class=12)
     spec = importlib.util.spec_from_file_location(
         "hand_features_bench", REPO / "benchmarks" / "hand_features.py"
     )

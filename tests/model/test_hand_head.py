@@ -48,24 +48,35 @@ def fake_record(path: Path) -> np.ndarray | None:
     return rec
 
 
-@pytest.fixture
-def sign_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+def fake_signers(
+    root: Path, monkeypatch: pytest.MonkeyPatch, cache: Path, per_class: int = 15
+) -> Path:
+    """``root/<source>/<letter>/N.jpg`` for two sources of the letters A-C, whose hands are
+    :func:`fake_record`'s (the detector stubbed out, the record cache in ``cache``)."""
     from training.data import hands as hd
 
-    first, second = tmp_path / "signers", tmp_path / "photos"
     for label in "ABC":
         for source in ("one", "two"):
-            for n in range(15):
-                path = first / source / label / f"{n}.jpg"
+            for n in range(per_class):
+                path = root / source / label / f"{n}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(f"{source}{label}{n}".encode())
+    monkeypatch.setattr(hd, "CACHE_DIR", cache)
+    monkeypatch.setattr(hd, "_record_of", fake_record)
+    monkeypatch.setattr(hd.hands, "check_models", lambda: None)
+    return root
+
+
+@pytest.fixture
+def sign_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Two sources of signers and a third folder of photos (``three_N``), all fake hands."""
+    first = fake_signers(tmp_path / "signers", monkeypatch, tmp_path / "cache")
+    second = tmp_path / "photos"
+    for label in "ABC":
         for n in range(5):
             path = second / label / f"three_{n}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(f"three{label}{n}".encode())
-    monkeypatch.setattr(hd, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(hd, "_record_of", fake_record)
-    monkeypatch.setattr(hd.hands, "check_models", lambda: None)
     return first, second
 
 

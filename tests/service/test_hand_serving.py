@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from handserve import hand_features
+from handserve.hand_pipeline import LANDMARK_TENSORS, record_tensors
 from handserve.runtimes import open_runtime
 from service.local_server import wait_ready
 from tests.service.helpers import digit_png, needs_hand_models, running_server
@@ -41,13 +42,8 @@ def test_a_hand_feature_head_is_served_from_photos_and_landmarks(
     assert code == 0
     record = fake_record(sign_folders[1] / "B" / "three_3.jpg")
     assert record is not None
-    image, world, handedness, size = hand_features.unpack(record[None])
-    tensors = {
-        "image_landmarks": image.reshape(1, 21, 3),
-        "world_landmarks": world.reshape(1, 21, 3),
-        "handedness": handedness.reshape(1, 1),
-        "image_size": size.reshape(1, 2),
-    }
+    tensors = record_tensors(record)  # as a phone's HandLandmarker reports this hand
+    image, world, handedness, size = (tensors[name] for name in LANDMARK_TENSORS)
     from handserve import artifacts
 
     manifest = artifacts.load_verified(version)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from handserve import hand_features, hands
 from handserve.artifacts import ArtifactError, HandFeatures
-from handserve.hand_pipeline import HandPipeline, landmark_tensors
+from handserve.hand_pipeline import HandPipeline, landmark_tensors, record_tensors
 from handserve.images import ImageDecodeError
 
 from .test_hand_features import a_hand
@@ -34,20 +34,10 @@ def contract(kind: str = "landmarks", **changes: object) -> HandFeatures:
     return HandFeatures(**{**fields, **changes})
 
 
-def tensors_of(record: np.ndarray) -> dict[str, np.ndarray]:
-    image, world, handedness, size = hand_features.unpack(record)
-    return {
-        "image_landmarks": image,
-        "world_landmarks": world,
-        "handedness": handedness.reshape(1, 1),
-        "image_size": size,
-    }
-
-
 def test_landmarks_sent_by_a_phone_become_the_heads_input(tmp_path: Path) -> None:
     pipeline = HandPipeline(tmp_path, contract())
     rec = a_hand(width=720, height=1280, handedness=0.3)
-    got = pipeline.from_landmarks(tensors_of(rec))
+    got = pipeline.from_landmarks(record_tensors(rec))
     np.testing.assert_array_equal(got, hand_features.landmark_features(rec[None]))
     assert got.shape == (1, 126) and got.dtype == np.float32
 
@@ -62,7 +52,7 @@ def test_landmarks_sent_by_a_phone_become_the_heads_input(tmp_path: Path) -> Non
     ],
 )
 def test_bad_landmarks_are_refused_by_name(tmp_path: Path, change: dict, says: str) -> None:
-    tensors = {k: v for k, v in {**tensors_of(a_hand()), **change}.items() if v is not None}
+    tensors = {k: v for k, v in {**record_tensors(a_hand()), **change}.items() if v is not None}
     with pytest.raises(hand_features.HandFeatureError, match=says):
         HandPipeline(tmp_path, contract()).from_landmarks(tensors)
 
