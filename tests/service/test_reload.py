@@ -39,6 +39,14 @@ def publish(src: Path, models: Path, name: str, version: int, *, bad: bool = Fal
         return artifacts.publish(tmp, models, name, version)
 
 
+def models_of(src: Path, tmp_path: Path, *versions: tuple[str, int]) -> Path:
+    """A models folder under ``tmp_path`` with ``src`` published as each ``(name, version)``."""
+    models = tmp_path / "models"
+    for name, version in versions:
+        publish(src, models, name, version)
+    return models
+
+
 def model_info(url: str) -> dict[tuple[str, str], float]:
     text = requests.get(url + "/metrics", timeout=30).text
     return {
@@ -66,19 +74,23 @@ def wait_for(check: Any, what: str, timeout: float = 60) -> None:
     raise AssertionError(f"not reached in {timeout}s: {what}")
 
 
+def reloading_env(**extra: str) -> dict[str, str]:
+    """A LiteRT server of two workers, each rescanning the models folder on its own every
+    INTERVAL_S, ``digits`` the default model; ``extra`` variables on top."""
+    return {
+        "HANDSERVE_RUNTIME": "litert",
+        "HANDSERVE_WORKERS": "2",
+        "HANDSERVE_RELOAD_INTERVAL_S": str(INTERVAL_S),
+        "HANDSERVE_DEFAULT_MODEL": "digits",
+        **extra,
+    }
+
+
 def test_new_version_is_served_bad_one_refused_pinned_stays(
     tiny_export: Path, tmp_path: Path
 ) -> None:
-    models = tmp_path / "models"
-    publish(tiny_export, models, "digits", 1)
-    publish(tiny_export, models, "pinned", 1)
-    env = {
-        "HANDSERVE_RUNTIME": "litert",
-        "HANDSERVE_WORKERS": "2",  # each worker reloads on its own
-        "HANDSERVE_RELOAD_INTERVAL_S": str(INTERVAL_S),
-        "HANDSERVE_VERSIONS": "pinned=1",
-        "HANDSERVE_DEFAULT_MODEL": "digits",
-    }
+    models = models_of(tiny_export, tmp_path, ("digits", 1), ("pinned", 1))
+    env = reloading_env(HANDSERVE_VERSIONS="pinned=1")
     with running_server(models, tmp_path, env) as (url, proc, _):
         wait_ready(url, proc, timeout=180)
         assert served(url) == {"digits": 1, "pinned": 1}

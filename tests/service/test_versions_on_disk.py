@@ -17,7 +17,14 @@ import requests
 
 from service.local_server import wait_ready
 from tests.service.helpers import Traffic, digit_png, running_server
-from tests.service.test_reload import INTERVAL_S, model_info, publish, served, wait_for
+from tests.service.test_reload import (
+    model_info,
+    models_of,
+    publish,
+    reloading_env,
+    served,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -58,16 +65,8 @@ def test_reload_off_keeps_serving_a_deleted_version_and_says_so(
 def test_reload_on_falls_back_then_unloads_then_serves_again(
     tiny_export: Path, tmp_path: Path
 ) -> None:
-    models = tmp_path / "models"
-    publish(tiny_export, models, "digits", 1)
-    publish(tiny_export, models, "digits", 2)
-    publish(tiny_export, models, "solo", 1)
-    env = {
-        "HANDSERVE_RUNTIME": "litert",
-        "HANDSERVE_WORKERS": "2",  # each worker notices on its own tick
-        "HANDSERVE_RELOAD_INTERVAL_S": str(INTERVAL_S),
-        "HANDSERVE_DEFAULT_MODEL": "digits",
-    }
+    models = models_of(tiny_export, tmp_path, ("digits", 1), ("digits", 2), ("solo", 1))
+    env = reloading_env()  # two workers: each notices on its own tick
     with running_server(models, tmp_path, env) as (url, proc, _):
         wait_ready(url, proc, timeout=180)
         assert served(url) == {"digits": 2, "solo": 1}
