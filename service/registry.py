@@ -418,11 +418,7 @@ def _describe_input(man: Manifest) -> dict[str, Any]:
     hand = man.hand_features
     if hand is not None:
         return {
-            "type": "hand_features",
-            "kind": hand.kind,
-            "size": hand.size,
-            "hand_models": hand.hand_models,
-            "landmarks": hand.landmarks,
+            **hand.to_dict(),  # "type": "hand_features", kind, size, hand models, embedder, ...
             "landmark_tensors": {k: list(v) for k, v in LANDMARK_TENSORS.items()},
         }
     image = man.image
