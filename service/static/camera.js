@@ -15,7 +15,9 @@
 import * as hp from "./handpipe.js";
 import { DeviceRunner, contractOf, needsHands } from "./device.js";
 
-const MAX_FPS = 15;          // server mode's cap on requests a second (one in flight at most)
+// The cap on frames a second, in every mode (one frame in flight at most): enough to read a
+// letter, and it leaves the CPU to the rest of the page; ?camera_fps=N changes it (benchmarks).
+const MAX_FPS = Number(new URLSearchParams(location.search).get("camera_fps")) || 15;
 const SMOOTHING = 0.5;       // weight of the newest frame in the running mean of the scores
 const JPEG_QUALITY = 0.92;   // the frames sent: about 40 kB at 640×480
 const CONNECTIONS = [[0, 1], [1, 2], [2, 3], [3, 4], [0, 5], [5, 6], [6, 7], [7, 8], [5, 9], [9, 10], [10, 11],

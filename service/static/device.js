@@ -73,6 +73,44 @@ function tfliteOf(model) {
   return { path: fp32.path, sha256: null };
 }
 
+/** The .tflite with a batch of one: LiteRT.js (2.5) runs a model only at the shapes it was
+ * compiled for and cannot resize an input, so an exported file whose signature says any batch
+ * (shape_signature [-1, ...], as Keras exports) is refused. Read as the TFLite flatbuffer schema
+ * (Model.subgraphs[].tensors[].shape_signature), each leading -1 becomes 1 in a copy; nothing
+ * else changes (the graph and weights are the server's, as checked by their sha256). */
+export function withBatchOfOne(bytes) {
+  const out = new Uint8Array(bytes), view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  const u32 = (at) => view.getUint32(at, true);
+  const field = (table, index) => {
+    const vtable = table - view.getInt32(table, true);
+    if (4 + 2 * index >= view.getUint16(vtable, true)) return 0;
+    const off = view.getUint16(vtable + 4 + 2 * index, true);
+    return off ? table + off : 0;
+  };
+  const vector = (table, index) => {
+    const at = field(table, index);
+    if (!at) return null;
+    const start = at + u32(at);
+    return { length: u32(start), start: start + 4 };
+  };
+  const tables = (table, index) => {
+    const v = vector(table, index);
+    return v ? Array.from({ length: v.length }, (_, i) => v.start + 4 * i + u32(v.start + 4 * i)) : [];
+  };
+  const model = u32(0);
+  let changed = 0;
+  for (const subgraph of tables(model, 2)) {
+    for (const tensor of tables(subgraph, 0)) {
+      const sig = vector(tensor, 7);
+      if (sig && sig.length > 0 && view.getInt32(sig.start, true) === -1) {
+        view.setInt32(sig.start, 1, true);
+        changed += 1;
+      }
+    }
+  }
+  return { bytes: out, changed };
+}
+
 function outputsOf(tensors) {
   const arrays = tensors.map((t) => Float32Array.from(t.toTypedArray()));
   for (const t of tensors) t.delete();
@@ -85,7 +123,7 @@ export class DeviceRunner {
     const lib = await runtime();
     const contract = contractOf(model);
     const base = apiRoot + "models/" + encodeURIComponent(model.name) + "/" + model.version + "/files/";
-    const compile = (bytes) => lib.loadAndCompile(bytes, { accelerator: "wasm" });
+    const compile = (bytes) => lib.loadAndCompile(withBatchOfOne(bytes).bytes, { accelerator: "wasm" });
     const runner = new DeviceRunner(lib, model, contract);
     if (needsHands(contract)) {
       const index = await (await fetch(apiRoot + "hand_models")).json();
@@ -181,7 +219,12 @@ export class DeviceRunner {
       if (!sq.whole) img = hp.crop(img, sq.box);
     }
     const pixels = hp.toModelPixels(img, spec);
-    const [scores] = await this._run(this.model, [[Float32Array.from(pixels.data), [1, spec.height, spec.width, spec.channels]]]);
+    // handserve.runtimes.LiteRTRuntime.quantize: a grey image for a file that takes RGB (the
+    // mobile files of a grayscale model compute the luma in their graph) gets its channel 3 times.
+    const channels = this.inputShape[this.inputShape.length - 1];
+    let input = Float32Array.from(pixels.data);
+    if (spec.channels === 1 && channels === 3) input = Float32Array.from({ length: input.length * 3 }, (_, i) => input[Math.floor(i / 3)]);
+    const [scores] = await this._run(this.model, [[input, [1, spec.height, spec.width, channels]]]);
     return { scores, hand, cropBox, pixels, scale };
   }
 }
