@@ -38,6 +38,7 @@ let smoothed = null;             // running mean of the scores, by class index
 let hold = { label: null, since: 0, appended: false };
 const counts = { server: 0, device: 0, both: 0, agree: 0, noHand: 0 };
 const stamps = [];               // finish times of the last frames, for the frame rate
+const timings = [];              // frame-to-letter milliseconds of the last 1000 frames (benchmarks)
 
 // ------------------------------------------------------------------------------ messages
 function say(text, kind) {
@@ -137,6 +138,8 @@ function showResult(model, result, started) {
   const now = performance.now();
   latencyEl.textContent = Math.round(now - started) + " ms";
   latencyEl.dataset.ms = String(Math.round(now - started));
+  timings.push(now - started);
+  if (timings.length > 1000) timings.shift();
   stamps.push(now);
   while (stamps.length && now - stamps[0] > 2000) stamps.shift();
   const rate = stamps.length > 1 ? (stamps.length - 1) / ((stamps[stamps.length - 1] - stamps[0]) / 1000) : 0;
@@ -349,6 +352,7 @@ function stop() {
 
 function resetCounts() {
   for (const k of Object.keys(counts)) counts[k] = 0;
+  timings.length = 0;
   agreeEl.textContent = "";
   for (const k of ["both", "agree", "last", "lastServer", "lastDevice"]) delete agreeEl.dataset[k];
   smoothed = null;
@@ -376,4 +380,4 @@ document.addEventListener("keydown", (e) => {
 panel.dataset.state = "off";
 panel.dataset.ready = "true";
 // For the tests and the benchmark: the counters, read-only.
-window.handserveCamera = { counts, needsHands, contractOf };
+window.handserveCamera = { counts, timings, needsHands, contractOf };

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from handserve import artifacts, hands
+from service.fake_camera import HEIGHT, WIDTH, held, on_frame, write_y4m
 from service.local_server import wait_ready
+from tests.conftest import shared_dir
 from tests.service.helpers import copy_version, running_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
@@ -64,7 +66,6 @@ VENDORED = REPO / "service" / "static" / "vendor" / "litertjs" / "core" / "index
 needs_vendor = pytest.mark.skipif(
     not VENDORED.is_file(), reason="LiteRT.js is not vendored (scripts/vendor-web.sh)"
 )
-WIDTH, HEIGHT, FPS = 640, 480, 10
 HOLD_FRAMES = 12  # each picture held 1.2 s
 GAP_FRAMES = 5  # empty frames between hand photos (no hand: the letter is released)
 HAND_PHOTOS = [
@@ -79,24 +80,6 @@ TIMEOUT_MS = 120_000  # the page's first frames on a 2-core machine shared with 
 
 
 # ---------------------------------------------------------------------------------- video
-def _y4m(frames: list[Image.Image], path: Path) -> Path:
-    """Frames as a YUV4MPEG2 4:2:0 file (the format Chromium's fake camera reads)."""
-    with path.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
-        for img in frames:
-            ycc = np.asarray(img.convert("RGB").convert("YCbCr"), dtype=np.float32)
-            out.write(b"FRAME\n")
-            out.write(ycc[:, :, 0].round().astype(np.uint8).tobytes())
-            for ch in (1, 2):  # chroma averaged over 2x2 blocks
-                plane = ycc[:, :, ch].reshape(HEIGHT // 2, 2, WIDTH // 2, 2).mean(axis=(1, 3))
-                out.write(plane.round().astype(np.uint8).tobytes())
-    return path
-
-
-def _on_frame(img: Image.Image) -> Image.Image:
-    return ImageOps.pad(img.convert("RGB"), (WIDTH, HEIGHT), color=(0, 0, 0))
-
-
 def _digit_pictures() -> list[Image.Image]:
     """Pictures for the digits model, which reads the whole frame at 28x28: the repository's
     digit examples and a few drawn digits, stretched over the frame as a digit held close to
@@ -189,32 +172,28 @@ def digit_video(camera_server: str, tmp_path_factory: pytest.TempPathFactory) ->
     labelled = [(img, _label(camera_server, "digits", img)) for img in _digit_pictures()]
     seq = _sequence([(i, lab) for i, lab in labelled if lab is not None], 4, distinct=True)
     assert len(seq) >= 2
-    frames = [img for img, _ in seq for _ in range(HOLD_FRAMES)]
-    path = _y4m(frames, tmp_path_factory.mktemp("video") / "digits.y4m")
+    frames = held([img for img, _ in seq], HOLD_FRAMES)
+    path = write_y4m(frames, tmp_path_factory.mktemp("video") / "digits.y4m")
     return {"path": path, "labels": [lab for _, lab in seq], "model": "digits"}
 
 
 @pytest.fixture(scope="module")
 def hand_video(camera_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    photos = Path(os.environ.get("HANDSERVE_SHARED", REPO.parent / "shared")) / "data"
-    photos = photos / "asl_photos"
+    photos = shared_dir() / "data" / "asl_photos"
     if not hands.models_available():
         pytest.skip("MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)")
     if not photos.is_dir():
         pytest.skip(f"{photos} is absent (real hand photos)")
     labelled = []
     for name in HAND_PHOTOS:
-        img = _on_frame(ImageOps.exif_transpose(Image.open(photos / name)))
+        img = on_frame(Image.open(photos / name))
         label = _label(camera_server, "handcrop", img)
         if label is not None:
             labelled.append((img, label))
     assert len(labelled) >= 3, "the hand detector should find the hand in most of these photos"
     seq = _sequence(labelled, 4, distinct=False)
-    blank = Image.new("RGB", (WIDTH, HEIGHT), (40, 40, 40))
-    frames = []
-    for img, _ in seq:
-        frames += [img] * HOLD_FRAMES + [blank] * GAP_FRAMES
-    path = _y4m(frames, tmp_path_factory.mktemp("video") / "hands.y4m")
+    frames = held([img for img, _ in seq], HOLD_FRAMES, GAP_FRAMES)
+    path = write_y4m(frames, tmp_path_factory.mktemp("video") / "hands.y4m")
     return {"path": path, "labels": [lab for _, lab in seq], "model": "handcrop"}
 
 
