@@ -29,18 +29,21 @@ def on_frame(img: Image.Image) -> Image.Image:
 
 def write_y4m(frames: Iterable[Image.Image], path: Path | str, fps: int = FPS) -> Path:
     """Frames (WIDTH x HEIGHT) as a YUV4MPEG2 4:2:0 file, the format Chromium's fake camera
-    reads: full-range BT.601 YCbCr as Pillow converts it, chroma averaged over 2x2 blocks."""
+    reads. Chromium takes its samples as BT.601 video ("studio") range, Y 16-235 and chroma
+    16-240, whatever the header says (measured: full-range grey 128 came back 130), so Pillow's
+    full-range YCbCr is scaled into that range; chroma is averaged over 2x2 blocks."""
     path = Path(path)
     with path.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{fps}:1 Ip A1:1 C420mpeg2\n".encode())
         for img in frames:
             if img.size != (WIDTH, HEIGHT):
                 raise ValueError(f"a frame is {img.size[0]}x{img.size[1]}, not {WIDTH}x{HEIGHT}")
             ycc = np.asarray(img.convert("RGB").convert("YCbCr"), dtype=np.float32)
             out.write(b"FRAME\n")
-            out.write(ycc[:, :, 0].round().astype(np.uint8).tobytes())
+            out.write((16 + ycc[:, :, 0] * (219 / 255)).round().astype(np.uint8).tobytes())
             for ch in (1, 2):
                 plane = ycc[:, :, ch].reshape(HEIGHT // 2, 2, WIDTH // 2, 2).mean(axis=(1, 3))
+                plane = 128 + (plane - 128) * (224 / 255)
                 out.write(plane.round().astype(np.uint8).tobytes())
     return path
 

@@ -280,6 +280,7 @@ async function step() {
   panel.dataset.deviceFrames = String(counts.device);
   if (local) {
     overlay = { hand: local.hand || null, cropBox: local.cropBox || null, scale: local.scale || 1 };
+    if (overlay.hand) panel.dataset.handBox = overlay.hand.box.map((v) => (v * overlay.scale).toFixed(1)).join(",");
     drawPreview(local.pixels);
   } else if (contract.kind === "image" && contract.crop !== "hand") {
     overlay = null; // the whole frame is the model's input: shown as the model receives it
