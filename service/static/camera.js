@@ -273,6 +273,7 @@ async function step() {
       return "backoff";
     }
   }
+  if (!running) return; // stopped while this frame ran: its answer is not shown
   runningEl.textContent = { server: "Running on the server", device: "Running on this device", both: "Running on the server and on this device" }[mode];
   runningEl.dataset.mode = mode;
   panel.dataset.frames = String(counts.server + counts.device);

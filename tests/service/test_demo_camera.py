@@ -16,7 +16,8 @@ Two sets of pictures:
   (device mode) are compared with the server's on the same frames.
 
 Each mode's screenshot is saved in the test's tmp folder; ``HANDSERVE_DEMO_SCREENSHOT=PATH``
-also writes the hand-photo (else digits) one for the README (docs/images/demo-camera.png).
+also writes the digits one of both modes there, the README's (docs/images/demo-camera.png; the
+hand-photo ones show people from ../shared and stay out of the repository).
 """
 
 from __future__ import annotations
@@ -257,11 +258,11 @@ def _check_shown(page: Any, mode: str, labels: list[str]) -> None:
     assert page.locator("#camera-message[data-kind='server']").count() == 0
 
 
-def _screenshot(page: Any, path: Path) -> None:
+def _screenshot(page: Any, path: Path, readme: bool = False) -> None:
     page.locator("#camera-panel").screenshot(path=str(path))
     assert path.stat().st_size > 10_000
     wanted = os.environ.get("HANDSERVE_DEMO_SCREENSHOT")
-    if wanted:
+    if wanted and readme:
         shutil.copyfile(path, wanted)
 
 
@@ -289,8 +290,9 @@ def test_digits_held_to_the_camera_are_spelled(
             # the keys: a space, then backspace takes it away again
             page.click("#camera-heading")
             before = str(page.get_attribute("#camera-text", "data-text"))
-            page.click("#camera-stop")
             _screenshot(page, tmp_path / f"camera-digits-{mode}.png")
+            page.click("#camera-stop")
+            assert page.get_attribute("#camera-panel", "data-state") == "off"
             page.click("#camera-space")
             assert page.get_attribute("#camera-text", "data-text") == before + " "
             page.click("#camera-backspace")
@@ -315,8 +317,8 @@ def test_device_and_server_agree_on_the_same_frames(
             agree = int(page.get_attribute("#camera-agreement", "data-agree") or 0)
             assert agree / both >= 0.9, f"server and device agreed on {agree} of {both} frames"
             assert "agree on" in page.inner_text("#camera-agreement")
+            _screenshot(page, tmp_path / "camera-digits-both.png", readme=True)
             page.click("#camera-stop")
-            _screenshot(page, tmp_path / "camera-digits-both.png")
             assert not errors, errors
         finally:
             browser.close()
@@ -352,8 +354,8 @@ def test_real_hands_are_found_cropped_and_read_alike(
                 both = int(page.get_attribute("#camera-agreement", "data-both") or 0)
                 agree = int(page.get_attribute("#camera-agreement", "data-agree") or 0)
                 assert agree / both >= 0.9, f"server and device agreed on {agree} of {both}"
-            page.click("#camera-stop")
             _screenshot(page, tmp_path / f"camera-hands-{mode}.png")
+            page.click("#camera-stop")
             assert not errors, errors
         finally:
             browser.close()
@@ -471,3 +473,55 @@ def test_version_files_and_hand_models_are_served_checksummed(camera_server: str
         resp = requests.get(f"{camera_server}/demo/{static}", timeout=30)
         assert resp.status_code == 200, static
         assert "javascript" in resp.headers["content-type"], static
+
+
+def test_the_page_makes_hand_features_as_the_server_does(camera_server: str) -> None:
+    """handpipe.js's landmark features and gesture-embedder inputs against
+    ``handserve.hand_features`` (the landmark model's half of the pipeline, issue 32), on
+    random hands of both handedness."""
+    hand_features = pytest.importorskip(
+        "handserve.hand_features", reason="the hand-feature models are not in this checkout"
+    )
+    rng = np.random.default_rng(5)
+    cases = []
+    for handedness in (0.2, 0.8):
+        image = rng.random((21, 3)).astype(np.float32)
+        image[:, 2] = (rng.random(21) - 0.5) * 0.1
+        world = ((rng.random((21, 3)) - 0.5) * 0.1).astype(np.float32)
+        record = hand_features.pack(image, world, handedness, WIDTH, HEIGHT)[None]
+        hand, _, world_hand = hand_features.embedder_inputs(record)
+        cases.append(
+            {
+                "image": image.tolist(),
+                "world": world.tolist(),
+                "handedness": handedness,
+                "want": {
+                    "landmarks": hand_features.landmark_features(record)[0].tolist(),
+                    "hand": hand[0].reshape(-1).tolist(),
+                    "world_hand": world_hand[0].reshape(-1).tolist(),
+                },
+            }
+        )
+    with sync_api.sync_playwright() as pw:
+        browser = _browser(pw, None)
+        try:
+            page = browser.new_page()
+            page.goto(f"{camera_server}/demo/")
+            got = page.evaluate(
+                """async ([cases, w, h]) => {
+                    const hp = await import('./handpipe.js');
+                    return cases.map((c) => {
+                      const hand = {imageLandmarks: c.image, worldLandmarks: c.world,
+                                    handedness: c.handedness, imageSize: [w, h]};
+                      const e = hp.embedderInputs(hand);
+                      return {landmarks: Array.from(hp.landmarkFeatures(hand)),
+                              hand: Array.from(e.hand), world_hand: Array.from(e.world_hand)};
+                    });
+                }""",
+                [cases, WIDTH, HEIGHT],
+            )
+        finally:
+            browser.close()
+    for case, answer in zip(cases, got, strict=True):
+        for name, want in case["want"].items():
+            np.testing.assert_allclose(answer[name], want, atol=1e-5, err_msg=name)
