@@ -115,6 +115,27 @@ async function serverClassify(blob, model) {
   throw Object.assign(new Error(message), { code: code || "http_" + resp.status, status: resp.status });
 }
 
+/** A hand found here, sent as its landmarks (a few hundred bytes, no picture) to the Open
+ * Inference Protocol: the path of a phone app (docs/mobile.md), for hand-feature models. */
+async function landmarksClassify(found, model) {
+  if (found.noHand) return { noHand: true };
+  const inputs = Object.entries(found.tensors).map(([name, [shape, data]]) => ({ name, shape, datatype: "FP32", data }));
+  const url = root + "v2/models/" + encodeURIComponent(model.name) + "/versions/" + model.version + "/infer";
+  const resp = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ inputs, outputs: [{ name: "probabilities" }] }),
+  });
+  let body = null;
+  try { body = await resp.json(); } catch (_) { /* not JSON */ }
+  if (!resp.ok) {
+    const message = (body && (body.error && (body.error.message || body.error))) || resp.statusText;
+    throw Object.assign(new Error(message), { code: "http_" + resp.status, status: resp.status });
+  }
+  const out = body.outputs.find((o) => o.name === "probabilities") || body.outputs[0];
+  return { scores: Float32Array.from(out.data) };
+}
+
 function jpeg() {
   return new Promise((resolve) => frame.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
 }
@@ -250,9 +271,24 @@ async function step() {
   let rgb = null;
   const pixelsOf = () => rgb || (rgb = hp.fromRGBA(fctx.getImageData(0, 0, w, h).data, w, h));
   let local = null, server = null;
-  const useDevice = mode !== "server", useServer = mode !== "device";
+  if (mode === "landmarks" && contract.kind !== "hand_features") {
+    say("Sending landmarks needs a model that reads them (a hand-feature head); pick one, or another mode.", "model");
+    return "backoff";
+  }
+  const useDevice = mode === "device" || mode === "both", useServer = mode !== "device";
+  let found = null;
+  if (mode === "landmarks") {
+    try {
+      found = await (await deviceFor(model)).landmarks(pixelsOf());
+    } catch (err) {
+      say("Finding the hand here failed: " + err.message, "device");
+      return "backoff";
+    }
+  }
   const deviceJob = useDevice ? deviceFor(model).then((d) => d.classify(pixelsOf())) : null;
-  const serverJob = useServer ? jpeg().then((blob) => serverClassify(blob, model)) : null;
+  const serverJob = !useServer ? null
+    : mode === "landmarks" ? landmarksClassify(found, model)
+    : jpeg().then((blob) => serverClassify(blob, model));
   if (deviceJob) {
     try {
       local = await deviceJob;
@@ -274,12 +310,19 @@ async function step() {
     }
   }
   if (!running) return; // stopped while this frame ran: its answer is not shown
-  runningEl.textContent = { server: "Running on the server", device: "Running on this device", both: "Running on the server and on this device" }[mode];
+  runningEl.textContent = {
+    server: "Running on the server", device: "Running on this device",
+    both: "Running on the server and on this device",
+    landmarks: "Hand found on this device, letter read on the server (landmarks sent)",
+  }[mode];
   runningEl.dataset.mode = mode;
   panel.dataset.frames = String(counts.server + counts.device);
   panel.dataset.serverFrames = String(counts.server);
   panel.dataset.deviceFrames = String(counts.device);
-  if (local) {
+  if (found) {
+    overlay = found.noHand ? null : { hand: found.hand, cropBox: null, scale: found.scale };
+    drawPreview(null);
+  } else if (local) {
     overlay = { hand: local.hand || null, cropBox: local.cropBox || null, scale: local.scale || 1 };
     if (overlay.hand) panel.dataset.handBox = overlay.hand.box.map((v) => (v * overlay.scale).toFixed(1)).join(",");
     drawPreview(local.pixels);

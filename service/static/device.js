@@ -182,6 +182,25 @@ export class DeviceRunner {
     return found.sort((a, b) => b.area - a.area);
   }
 
+  /** The frame's largest hand as the four landmark tensors of the Open Inference Protocol
+   * (handserve.hand_pipeline.LANDMARK_TENSORS: MediaPipe HandLandmarker's fields), or null. */
+  async landmarks(frame) {
+    const img = hp.draft(frame, hp.DETECT_SIZE);
+    const hands = await this.hands(img);
+    if (!hands.length) return { noHand: true, scale: frame.width / img.width };
+    const hand = hands[0];
+    return {
+      hand,
+      scale: frame.width / img.width,
+      tensors: {
+        image_landmarks: [[1, 21, 3], hand.imageLandmarks.flat()],
+        world_landmarks: [[1, 21, 3], hand.worldLandmarks.flat()],
+        handedness: [[1, 1], [hand.handedness]],
+        image_size: [[1, 2], [img.width, img.height]],
+      },
+    };
+  }
+
   /** One frame (RGB) as the server would read it from the JPEG it is sent: {scores, hand,
    * cropBox, pixels (what the model received, for an image model), noHand}. */
   async classify(frame) {
