@@ -525,3 +525,46 @@ def test_the_page_makes_hand_features_as_the_server_does(camera_server: str) -> 
     for case, answer in zip(cases, got, strict=True):
         for name, want in case["want"].items():
             np.testing.assert_allclose(answer[name], want, atol=1e-5, err_msg=name)
+
+
+@needs_vendor
+def test_the_browser_finds_the_hands_the_server_finds(camera_server: str) -> None:
+    """device.js's palm detection, hand region and landmarks (LiteRT.js on the server's own hand
+    models) against handserve.hands on the same real photos: the same 21 points, to a pixel."""
+    photos = shared_dir() / "data" / "asl_photos"
+    if not hands.models_available():
+        pytest.skip("MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)")
+    if not photos.is_dir():
+        pytest.skip(f"{photos} is absent (real hand photos)")
+    images = [on_frame(Image.open(photos / name)) for name in HAND_PHOTOS[:4]]
+    want = [hands.detector().hands(img) for img in images]
+    listing = requests.get(f"{camera_server}/models", timeout=30).json()["models"]
+    model = next(m for m in listing if m["name"] == "handcrop")
+    with sync_api.sync_playwright() as pw:
+        browser = _browser(pw, None)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(f"{camera_server}/demo/")
+            got = page.evaluate(
+                """async ([model, frames, w, h]) => {
+                    const { DeviceRunner } = await import('./device.js');
+                    const runner = await DeviceRunner.create('/', model);
+                    const out = [];
+                    for (const pixels of frames) {
+                      const img = {data: Uint8Array.from(pixels), width: w, height: h, channels: 3};
+                      out.push((await runner.hands(img)).map((hand) => hand.landmarks));
+                    }
+                    return out;
+                }""",
+                [model, [np.asarray(img).reshape(-1).tolist() for img in images], WIDTH, HEIGHT],
+            )
+        finally:
+            browser.close()
+    found = 0
+    for server_hands, browser_hands in zip(want, got, strict=True):
+        assert len(browser_hands) == len(server_hands)
+        for server_hand, points in zip(server_hands, browser_hands, strict=True):
+            np.testing.assert_allclose(np.asarray(points), server_hand.landmarks, atol=1.0)
+            found += 1
+    assert found >= 3, "the photos should show hands"
