@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 SYNC := sync --locked --extra dev --extra bench --python $(BIN)/python
 
-.PHONY: venv run test test-fast lint format lock requirements bench bench-train bench-export bench-serve clean hand-models
+.PHONY: venv run test test-fast lint format lock requirements bench bench-train bench-export bench-serve clean hand-models vendor-web
 
 $(UV):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,12 +40,18 @@ requirements: | $(UV)
 
 ## run: train the default model on embedded data, export it, serve it (Ctrl-C stops)
 run: venv
+	-bash scripts/vendor-web.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/quickstart.sh
 
 ## hand-models: MediaPipe's hand models into .cache/hand_models (for --crop-hands and versions
 ## whose contract crops the hand), taken out of the hash-pinned wheel of requirements/hand-models.txt
 hand-models: venv
 	bash scripts/fetch-hand-models.sh
+
+## vendor-web: LiteRT.js (web/package-lock.json, npm ci) into service/static/vendor/ for the
+## demo page's device mode; only the files the page loads
+vendor-web:
+	bash scripts/vendor-web.sh
 
 ## test: the whole suite (installs Chromium and Prometheus from Debian when it can)
 test: venv

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the project's Python packages: Debian's Chromium (the
-# demo page test), Prometheus (a real scrape of /metrics), kubectl (its built-in kustomize
+# demo page tests) and npm (LiteRT.js for the demo's device mode, scripts/vendor-web.sh), Prometheus (a real scrape of /metrics), kubectl (its built-in kustomize
 # renders k8s/ for the manifest tests), podman with runc and catatonit (its pods' pause process),
 # mmdebstrap (the Debian base image) and docker-registry (a local registry) for the release tests
 # (tests/k8s/test_release_podman.py), and, each in a virtualenv of its own with the versions of
@@ -40,7 +40,16 @@ side_env .cache/venv-mediapipe requirements/mediapipe.txt mediapipe
 bash scripts/fetch-hand-models.sh \
   || echo "install-test-tools: hand models not fetched; the hand-crop tests will skip" >&2
 
+# LiteRT.js for the demo page's device mode (service/static/vendor/, from web/package-lock.json
+# with npm ci); run last, once npm may have been installed from Debian below.
+vendor_web() {
+  bash scripts/vendor-web.sh \
+    || echo "install-test-tools: LiteRT.js not vendored; the demo's device-mode tests will skip" >&2
+}
+trap vendor_web EXIT
+
 need=()
+command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v kubectl >/dev/null 2>&1 || need+=(kubectl)

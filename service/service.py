@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 import handserve
 from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import balance, bento_guard, connections, deadline, v2, v2_http, workers
+from service import balance, bento_guard, connections, deadline, model_files, v2, v2_http, workers
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
@@ -302,6 +302,26 @@ class HandServe:
         """What is served (labels, input contract, runtime, file, sha256, export metrics) and
         what was refused with the reason."""
         return self.plane.describe()
+
+    # The demo page's device mode runs the server's own files in the browser (service.model_files).
+    @routes.get(
+        "/models/{name}/{version}/files/{path:path}",
+        summary="A file of a served version (only those its manifest lists), checksummed",
+        responses=ERRORS,
+        tags=["models"],
+    )
+    async def model_file(self, name: str, version: str, path: str) -> Response:
+        return model_files.version_file(self.plane, name, version, path)
+
+    @routes.get("/hand_models", summary="The hand models this server runs", tags=["models"])
+    async def hand_models(self) -> dict[str, Any]:
+        return model_files.hand_models_index()
+
+    @routes.get(
+        "/hand_models/{file}", summary="One of the hand models, checksummed", tags=["models"]
+    )
+    async def hand_model(self, file: str) -> Response:
+        return model_files.hand_model_file(file)
 
     # ------------------------------------------------------------------ typed BentoML APIs
     # For BentoML's clients (bentoml.SyncHTTPClient / AsyncHTTPClient) and for composition

@@ -84,3 +84,24 @@ def test_serve_accuracy_scores_a_class_folder_over_http(bench_models: Path, tmp_
     refused = run_benchmark("serve_accuracy.py", *args)
     assert refused.returncode == 1
     assert "not-a-label" in refused.stderr and "not labels of tiny" in refused.stderr
+
+
+@pytest.mark.browser
+def test_demo_camera_reads_the_fake_camera_in_every_mode(bench_models: Path) -> None:
+    """The camera demo's benchmark: headless Chromium with a video as its camera, each mode."""
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium is absent (apt-get install chromium, or run make test)")
+    vendored = Path(__file__).resolve().parents[2] / "service/static/vendor/litertjs/core/index.js"
+    if not vendored.is_file():
+        pytest.skip("LiteRT.js is not vendored (scripts/vendor-web.sh)")
+    done = run_benchmark(
+        "demo_camera.py",
+        *("--models-dir", str(bench_models), "--model", "tiny", "--seconds", "3"),
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {r[0]: r for r in table_rows(done.stdout) if len(r) == 7}
+    for mode in ("server", "device", "both"):
+        assert float(rows[mode][1]) > 0, rows  # frames a second
+        assert int(rows[mode][4]) > 0, rows  # frames read
+    agreed, both = rows["both"][6].split(" ")[0].split("/")
+    assert int(both) > 0 and int(agreed) <= int(both), rows["both"]

@@ -150,6 +150,14 @@ def test_cpu_bento_packs_only_what_litert_serving_reads(cpu_bento: Path) -> None
     assert (cpu_bento / "src" / "service" / "static" / "index.html").is_file()
     assert (cpu_bento / "src" / "service" / "v2_grpc.py").is_file()  # the gRPC port's code
     assert not (cpu_bento / "src" / "service" / "local_server.py").exists()  # tests' helper
+    assert not (cpu_bento / "src" / "service" / "fake_camera.py").exists()  # tests' helper
+    # The demo's camera and, where scripts/vendor-web.sh ran, its browser runtime (device mode)
+    static = cpu_bento / "src" / "service" / "static"
+    assert {"camera.js", "device.js", "handpipe.js"} <= {p.name for p in static.iterdir()}
+    vendored = Path("service/static/vendor/litertjs")
+    if (REPO / vendored).is_dir():
+        for rel in ("core/index.js", "wasm-utils/index.js", "wasm/litert_wasm_internal.wasm"):
+            assert (cpu_bento / "src" / vendored / rel).is_file(), rel
     # No saved_model/, model.keras, other .tflite files, report/, samples.npz or staging folder.
     assert model_files(cpu_bento) == {"README.md", "tiny/1/manifest.json", "tiny/1/model.tflite"}
     version = cpu_bento / "src" / "models" / "tiny" / "1"
