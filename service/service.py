@@ -23,14 +23,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Awaitable
-from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
-from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from fastapi import FastAPI
 from starlette.requests import Request
@@ -38,22 +34,26 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 import handserve
-from handserve.ranking import top_k
 from handserve.runtimes import SavedModelRuntime, available_cpus, choose_runtime_name
-from service import balance, bento_guard, connections, deadline, model_files, v2, v2_http, workers
+from service import (
+    balance,
+    bento_guard,
+    connections,
+    deadline,
+    image_api,
+    model_files,
+    v2,
+    v2_http,
+    workers,
+)
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
 from service.errors import (
-    REFUSAL_KEY,
     STATUS,
-    ApiError,
     JSONErrors,
     install_error_handlers,
-    is_input_error,
 )
-from service.parsing import parse_params, parse_request, read_files
-from service.registry import LoadedModel
 from service.routes import ClassRoutes
 from service.schemas import (
     ErrorResponse,
@@ -250,10 +250,7 @@ class HandServe:
         ``image/*`` body, or JSON ``{"image": base64}`` (``PredictForm``, ``PredictJSON``).
         Answer: ``PredictResponse``; refusals: ``ErrorResponse`` (docs/service.md).
         """
-        model, scores, k = await self._classify(request, batch=False)
-        return JSONResponse(
-            {"model": model.name, "version": model.version, **_ranked(scores[0], model, k)}
-        )
+        return JSONResponse(await image_api.classify_request(self.plane, request, batch=False))
 
     @routes.post(
         "/predict_batch",
@@ -271,27 +268,7 @@ class HandServe:
         ``{"images": [base64, ...]}`` (``PredictBatchForm``, ``PredictBatchJSON``).
         Answer: ``PredictBatchResponse``.
         """
-        model, scores, k = await self._classify(request, batch=True)
-        results = [_ranked(row, model, k) for row in scores]
-        return JSONResponse({"model": model.name, "version": model.version, "results": results})
-
-    async def _classify(
-        self, request: Request, *, batch: bool
-    ) -> tuple[LoadedModel, np.ndarray, int]:
-        """Parse the request, then the data plane's scores of every image of it."""
-        await self.plane.wait_ready()  # before reading the body: a loading server refuses now
-        parsed = await parse_request(
-            request,
-            batch=batch,
-            max_body_bytes=self.cfg.max_body_bytes,
-            max_images=self.cfg.max_batch_images if batch else 1,
-            body_timeout_s=self.cfg.body_timeout_s,
-            query=parse_params(request.query_params, "query"),
-        )
-        params = parsed.params
-        model = self.plane.resolve(params.model, params.version)
-        scores = await self.plane.classify(model, parsed.images)
-        return model, scores, params.top_k or self.cfg.top_k
+        return JSONResponse(await image_api.classify_request(self.plane, request, batch=True))
 
     @routes.get(
         "/models",
@@ -342,9 +319,10 @@ class HandServe:
         ``model`` (default: the default model), ``version`` (default: the served one),
         ``top_k`` (default: the config's). Refusals have /predict's status codes and body.
         """
-        chosen, scores, k = await self._typed(ctx, [image], model, version, top_k)
+        work = image_api.classify_files(self.plane, [image], model, version)
+        chosen, scores = await image_api.refusals_as_bentoml(ctx.request, self.metrics, work)
         return PredictResponse.model_validate(
-            {"model": chosen.name, "version": chosen.version, **_ranked(scores[0], chosen, k)}
+            image_api.answer(chosen, scores, top_k or self.cfg.top_k)
         )
 
     @bentoml.api(route="/classify_batch")
@@ -358,10 +336,10 @@ class HandServe:
     ) -> PredictBatchResponse:
         """Several image files (at most ``max_batch_images``) -> one result per image, in order
         (as /predict_batch)."""
-        chosen, scores, k = await self._typed(ctx, images, model, version, top_k)
-        results = [_ranked(row, chosen, k) for row in scores]
+        work = image_api.classify_files(self.plane, images, model, version)
+        chosen, scores = await image_api.refusals_as_bentoml(ctx.request, self.metrics, work)
         return PredictBatchResponse.model_validate(
-            {"model": chosen.name, "version": chosen.version, "results": results}
+            image_api.answer_batch(chosen, scores, top_k or self.cfg.top_k)
         )
 
     @bentoml.api(route="/classify_landmarks")
@@ -380,62 +358,17 @@ class HandServe:
         ``image_landmarks`` [x, y, z] (x, y as fractions of the image), 21 ``world_landmarks``
         [x, y, z] in metres, ``handedness`` (the score of "Right"), ``image_size`` [width,
         height] in pixels -> the ``top_k`` best classes, as /predict answers a photo of it."""
-        tensors = {
-            "image_landmarks": np.asarray(image_landmarks, np.float32),
-            "world_landmarks": np.asarray(world_landmarks, np.float32),
-            "handedness": np.asarray([[handedness]], np.float32),
-            "image_size": np.asarray([image_size], np.float32),
+        hand = {
+            "image_landmarks": image_landmarks,
+            "world_landmarks": world_landmarks,
+            "handedness": handedness,
+            "image_size": image_size,
         }
-
-        async def run() -> tuple[LoadedModel, np.ndarray]:
-            await self.plane.wait_ready()
-            chosen = self.plane.resolve(model, version)
-            return chosen, await self.plane.classify_landmarks(chosen, tensors)
-
-        chosen, scores = await self._refusals_as_bentoml(ctx, run())
+        work = image_api.classify_landmarks(self.plane, model, version, hand)
+        chosen, scores = await image_api.refusals_as_bentoml(ctx.request, self.metrics, work)
         return PredictResponse.model_validate(
-            {
-                "model": chosen.name,
-                "version": chosen.version,
-                **_ranked(scores[0], chosen, top_k or self.cfg.top_k),
-            }
+            image_api.answer(chosen, scores, top_k or self.cfg.top_k)
         )
-
-    async def _typed(
-        self,
-        ctx: bentoml.Context,
-        files: list[Path],
-        name: str | None,
-        version: int | None,
-        k: int | None,
-    ) -> tuple[LoadedModel, np.ndarray, int]:
-        """The typed image APIs' request path (see :meth:`_refusals_as_bentoml`)."""
-
-        async def run() -> tuple[LoadedModel, np.ndarray]:
-            blobs = read_files(files, self.cfg.max_batch_images, self.cfg.max_body_bytes)
-            await self.plane.wait_ready()
-            model = self.plane.resolve(name, version)
-            return model, await self.plane.classify(model, blobs)
-
-        model, scores = await self._refusals_as_bentoml(ctx, run())
-        return model, scores, k or self.cfg.top_k
-
-    async def _refusals_as_bentoml(
-        self, ctx: bentoml.Context, work: Awaitable[tuple[LoadedModel, np.ndarray]]
-    ) -> tuple[LoadedModel, np.ndarray]:
-        """``await work``; an ApiError becomes BentoML's error with the same status (BentoML
-        answers an exception of its own with that status, anything else 500), and is left in
-        the request's state, where ``JSONErrors`` renders it as /predict would: same body, same
-        ``Retry-After``."""
-        try:
-            return await work
-        except ApiError as err:
-            if is_input_error(err.code):
-                self.metrics.rejected_inputs.labels(reason=err.code).inc()
-            setattr(ctx.request.state, REFUSAL_KEY, err)
-            raise BentoMLException(
-                f"{err.code}: {err.message}", error_code=HTTPStatus(err.status)
-            ) from None
 
     # ------------------------------------------------------------------ Open Inference Protocol
     # Translated by service.v2_http (REST) and service.v2_grpc (gRPC) into data plane calls.
@@ -502,10 +435,6 @@ class HandServe:
     )
     async def v2_infer_version(self, request: Request, name: str, version: str) -> Response:
         return await v2_http.infer(self.plane, request, name, version)
-
-
-def _ranked(scores: np.ndarray, model: LoadedModel, k: int) -> dict[str, Any]:
-    return {"predictions": top_k(scores, model.manifest.labels, k)}
 
 
 # ---------------------------------------------------------------------- wiring, demo page
