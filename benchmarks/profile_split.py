@@ -28,29 +28,30 @@ WAITS = (
     "Connection._recv (multiprocessing/connection.py)",
     "RequestResponseCycle.send (uvicorn/",
 )
-#: Layers, checked from the innermost frame outwards: a sample counts for the first it meets.
-LAYERS = (
-    ("LiteRT (invoke, set_tensor)", r"ai_edge_litert"),
-    ("pixel-budget header peek (decoded_pixels)", r"decoded_pixels"),
+#: Layers, checked from the innermost frame outwards: a sample counts for the first layer one
+#: of whose substrings its frame holds (frames read ``func (package/module.py)``).
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("LiteRT (invoke, set_tensor)", ("ai_edge_litert",)),
+    ("pixel-budget header peek (decoded_pixels)", ("decoded_pixels",)),
     (
         "image decode (Pillow, handserve.images, NumPy)",
-        r"PIL/|handserve/images\.py|numpy|decode_all",
+        ("PIL/", "handserve/images.py", "numpy", "decode_all"),
     ),
     (
         "metrics (prometheus_client, timing middlewares)",
-        r"prometheus_client|record_batch|instruments\.py|timing_asgi|PrintTimings",
+        ("prometheus_client", "record_batch", "instruments.py", "timing_asgi", "PrintTimings"),
     ),
-    ("logging and warnings", r"logging/|warnings\.py|linecache"),
-    ("JSON", r"json/|render|orjson"),
+    ("logging and warnings", ("logging/", "warnings.py", "linecache")),
+    ("JSON", ("json/", "render", "orjson")),
     (
         "handserve middlewares (JSONErrors, Deadline, CloseToRebalance)",
-        r"service/errors\.py|service/deadline\.py|service/balance\.py",
+        ("service/errors.py", "service/deadline.py", "service/balance.py"),
     ),
-    ("handserve's own request path (service/, handserve/)", r"service/|handserve/"),
-    ("KServe", r"kserve/"),
-    ("BentoML", r"bentoml"),
-    ("FastAPI, Starlette, pydantic", r"fastapi/|starlette/|pydantic"),
-    ("uvicorn, httptools", r"uvicorn/|httptools"),
+    ("handserve's own request path (service/, handserve/)", ("service/", "handserve/")),
+    ("KServe", ("kserve/",)),
+    ("BentoML", ("bentoml",)),
+    ("FastAPI, Starlette, pydantic", ("fastapi/", "starlette/", "pydantic")),
+    ("uvicorn, httptools", ("uvicorn/", "httptools")),
 )
 OTHER = "asyncio, anyio, other"
 
@@ -96,8 +97,8 @@ def split(
             (
                 name
                 for frame in reversed(frames)
-                for name, pattern in LAYERS
-                if re.search(pattern, frame)
+                for name, parts in LAYERS
+                if any(part in frame for part in parts)
             ),
             OTHER,
         )

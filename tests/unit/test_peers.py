@@ -179,3 +179,34 @@ def test_the_sample_image_is_the_exports_first_sample(tmp_path: Path, tiny_versi
     image, ctype = peers.sample_image(folder)
     assert ctype == "image/png"
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(image))), pixels[0, ..., 0])
+
+
+def test_a_profile_is_split_into_layers_without_the_waits(tmp_path: Path) -> None:
+    """benchmarks/profile_split.py on py-spy's raw format: waits left out, each sample counted
+    for the innermost layer its stack meets."""
+    from benchmarks import profile_split
+
+    site = "/venv/lib/python3.11/site-packages"
+    raw = tmp_path / "worker.raw"
+    raw.write_text(
+        "\n".join(
+            [
+                "MainThread;run (asyncio/runners.py:1);"
+                f"invoke ({site}/ai_edge_litert/interpreter.py:9) 6",
+                f"MainThread;__call__ ({site}/starlette/routing.py:3);"
+                "__call__ (/repo/service/deadline.py:5);"
+                f"labels ({site}/prometheus_client/metrics.py:7) 3",
+                f"MainThread;__call__ ({site}/starlette/routing.py:3) 1",
+                "Thread-1;wait (/usr/lib/python3.11/threading.py:2);"
+                "Condition.wait (threading.py:4) 50",
+                f"MainThread;send ({site}/uvicorn/protocols/http/x.py:1);"
+                f"RequestResponseCycle.send ({site}/uvicorn/protocols/http/httptools_impl.py:8) 40",
+            ]
+        )
+    )
+    work, leaves, layers = profile_split.split(profile_split.read_raw(raw))
+    assert work == 10
+    assert layers["LiteRT (invoke, set_tensor)"] == 6
+    assert layers["metrics (prometheus_client, timing middlewares)"] == 3  # inside the middleware
+    assert layers["FastAPI, Starlette, pydantic"] == 1
+    assert leaves["labels (prometheus_client/metrics.py)"] == 3
