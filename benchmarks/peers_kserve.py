@@ -56,7 +56,7 @@ class KServeClassifier(kserve.Model):
         self.__dict__.update(state)
         self.load()
 
-    def predict(  # type: ignore[override]  # KServe calls a synchronous predict directly
+    def predict(  # KServe calls a synchronous predict directly
         self, payload: dict[str, Any], headers: dict[str, str] | None = None
     ) -> dict[str, Any]:
         assert self.model is not None  # load() ran in __init__ or __setstate__
@@ -75,7 +75,7 @@ def bind_loopback() -> None:
         self.config.host = "127.0.0.1"
 
     loopback_init.loopback = True  # type: ignore[attr-defined]
-    rest_server.RESTServer.__init__ = loopback_init  # type: ignore[method-assign]
+    rest_server.RESTServer.__init__ = loopback_init
 
 
 def patient_watchdog(timeout_s: float = 120.0) -> None:
@@ -89,7 +89,7 @@ def patient_watchdog(timeout_s: float = 120.0) -> None:
         return is_alive(self, timeout)
 
     patient_is_alive.patient = True  # type: ignore[attr-defined]
-    worker.is_alive = patient_is_alive  # type: ignore[method-assign]
+    worker.is_alive = patient_is_alive
 
 
 def main(argv: list[str]) -> None:
