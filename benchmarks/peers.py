@@ -22,6 +22,9 @@ LiteRT interpreter, on as many workers (processes or model instances) as the mac
   and its dynamic batcher (max batch 32, no added delay), in ``.cache/venv-pytriton``
   (``requirements/pytriton.txt``; made here when missing or stale); the Open Inference Protocol
   with Triton's binary tensor extension, the image as one BYTES element.
+- floor, only when asked (``--servers ... floor``): ``../shared/bench/floor_service.py``,
+  BentoML's floor: ``bentoml serve`` decoding the image and answering a constant, no model, one
+  worker; its CPU per request is what BentoML and the decode cost without handserve's layers.
 
 ``hey`` (Debian's; closed loop, keep-alive) runs ``--seconds`` per cell at each concurrency.
 handserve runs first and last: runs drift by up to 15% on this shared machine, so its figure in
@@ -65,9 +68,13 @@ REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the checkout, or $HANDSERVE_SHARED (as tests/conftest.py finds it).
 SHARED = Path(os.environ.get("HANDSERVE_SHARED", REPO.parent / "shared"))
 NAIVE = SHARED / "bench" / "naive_server.py"
+FLOOR = SHARED / "bench" / "floor_service.py"
 PYTRITON_VENV = REPO / ".cache" / "venv-pytriton"
 PYTRITON_PINS = REPO / "requirements" / "pytriton.txt"
 SERVERS = ("handserve", "naive", "kserve", "triton")
+#: Run only when asked (``--servers ... floor``): not a peer but a yardstick, whose answer is a
+#: constant (its label is not checked).
+EXTRA = ("floor",)
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -283,6 +290,23 @@ def launches(
                 "",  # no readiness route: the first answered request says it
                 Request(f"{base}/predict", image, ctype),
             )
+        elif server == "floor":
+            out[server] = Launch(
+                [
+                    sys.executable,
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    "floor_service:Floor",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                f"{base}/readyz",
+                Request(f"{base}/predict", image, ctype),
+                {"FLOOR_VERSION_DIR": str(version_dir), "PYTHONPATH": str(FLOOR.parent)},
+            )
         elif server == "kserve":
             out[server] = Launch(
                 [
@@ -428,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--servers",
         nargs="+",
-        choices=SERVERS,
+        choices=SERVERS + EXTRA,
         default=list(SERVERS),
         help="peers to run (handserve always runs first and last)",
     )
@@ -443,9 +467,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         image, ctype = sample_image(version_dir)
     peers = [s for s in args.servers if s != "handserve"]
-    if "naive" in peers and not NAIVE.is_file():
-        print(f"peers: no {NAIVE}; the naive server is left out", file=sys.stderr)
-        peers.remove("naive")
+    for name, script in (("naive", NAIVE), ("floor", FLOOR)):
+        if name in peers and not script.is_file():
+            print(f"peers: no {script}; the {name} server is left out", file=sys.stderr)
+            peers.remove(name)
     plan = launches(["handserve", *peers], version_dir, models_dir, image, ctype)
     order = ["handserve", *peers, "handserve"]
     print(
@@ -468,9 +493,9 @@ def main(argv: list[str] | None = None) -> None:
                     status, answer = post(launch.request)
                     if status != 200:
                         raise RuntimeError(f"{server} answered {status}: {answer[:300]!r}")
-                    got = top_label(server, answer)
+                    got = "" if server == "floor" else top_label(server, answer)
                     expected = expected or got
-                    if got != expected:
+                    if got and got != expected:
                         raise RuntimeError(f"{server} says {got!r}, handserve {expected!r}")
                     for c in args.concurrency:
                         rows.append((label, c, hey(launch.request, c, args.seconds, body, proc)))
