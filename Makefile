@@ -11,6 +11,7 @@ UV := $(BIN)/uv
 SYNC := sync --locked --extra dev --extra bench --python $(BIN)/python
 
 .PHONY: venv run test test-fast lint format lock requirements bench bench-train bench-export bench-serve clean hand-models vendor-web
+.PHONY: bench-peers
 
 $(UV):
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,14 +21,14 @@ $(UV):
 venv: | $(UV)
 	$(UV) $(SYNC) --quiet
 
-## lock: re-resolve every dependency (and the side environments of checkov and mediapipe) to
-## the newest versions pyproject.toml allows, on purpose; re-export requirements/ and re-sync
-## .venv (README).
+## lock: re-resolve every dependency (and the side environments of checkov, mediapipe and
+## pytriton) to the newest versions pyproject.toml allows, on purpose; re-export requirements/
+## and re-sync .venv (README).
 ## `make lock UPGRADE=` keeps every pin that still fits (after adding a dependency, say).
 UPGRADE ?= --upgrade
 lock: | $(UV)
 	$(UV) lock $(UPGRADE)
-	for tool in checkov mediapipe; do \
+	for tool in checkov mediapipe pytriton; do \
 	  $(UV) pip compile --quiet $(UPGRADE) --universal --python-version 3.11 --no-header \
 	    requirements/$$tool.in -o requirements/$$tool.txt || exit 1; \
 	done
@@ -84,6 +85,15 @@ bench-export: venv
 # bench-serve measures the newest export in models/ (make run makes one)
 bench-serve: venv
 	$(BIN)/python benchmarks/serve_bench.py
+
+# bench-peers: handserve against KServe's ModelServer, Triton (PyTriton, in .cache/venv-pytriton,
+# made from requirements/pytriton.txt on first use) and the naive server, on one export
+# (docs/benchmarks/peers.md): make bench-peers MODEL=NAME [MODELS_DIR=models] [PEERS_ARGS=...]
+MODELS_DIR ?= models
+PEERS_ARGS ?=
+bench-peers: venv
+	@test -n "$(MODEL)" || { echo "bench-peers: set MODEL=<a model name in $(MODELS_DIR)>" >&2; exit 2; }
+	$(BIN)/python benchmarks/peers.py --models-dir $(MODELS_DIR) --model $(MODEL) $(PEERS_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
