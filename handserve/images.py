@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -205,6 +206,11 @@ def decoded_pixels(data: bytes, spec: ImageSpec) -> int:
     in decoding, checked before any pixel is decoded (the service's ``max_request_pixels``).
     0 when the header cannot be read: decoding then refuses the image with the reason.
     """
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+        # A PNG's size is at a fixed place (its first chunk): read there, it costs 1 µs where
+        # Pillow's open costs 30 (a third of serving a small image), and a PNG has no draft.
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width) * int(height)
     try:
         img = Image.open(io.BytesIO(data), formats=allowed_formats())
         if img.format == "JPEG":
@@ -213,6 +219,9 @@ def decoded_pixels(data: bytes, spec: ImageSpec) -> int:
     except Exception:  # not an image, truncated: decode_image says which
         return 0
     return int(width) * int(height)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _decode_size(spec: ImageSpec) -> tuple[int, int]:
