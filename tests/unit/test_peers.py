@@ -19,6 +19,7 @@ from PIL import Image
 from benchmarks import peers
 from handserve import artifacts
 from handserve.images import decode_image
+from tests.conftest import REPO
 from tests.unit.test_runtimes import CLASSES, SIZE, _convert, reference
 
 #: hey 0.1.4's report (Debian's), cut to what is read: 3 answers were 503, 2 requests failed.
@@ -210,3 +211,44 @@ def test_a_profile_is_split_into_layers_without_the_waits(tmp_path: Path) -> Non
     assert layers["metrics (prometheus_client, timing middlewares)"] == 3  # inside the middleware
     assert layers["FastAPI, Starlette, pydantic"] == 1
     assert leaves["labels (prometheus_client/metrics.py)"] == 3
+
+
+def test_litert_batching_prints_a_row_per_batch_size(
+    tiny_version: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/"litert_batching.py" run for a moment on a tiny export: a table row per batch
+    size, each with its ratio to batch 1 (1.00 for batch 1 itself)."""
+    from benchmarks import litert_batching
+
+    litert_batching.main(
+        [str(tiny_version), "--batches", "1", "4", "--rounds", "1", "--seconds", "0.2"]
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| batch |")
+    body = rows[1:]  # the separator row starts "|---"
+    assert [r.split("|")[1].strip() for r in body] == ["1", "4"]
+    assert body[0].split("|")[3].strip() == "1.00"
+
+
+def test_the_pytriton_server_script_is_valid_python_importing_only_its_side_environment() -> None:
+    """benchmarks/"peers_triton.py" runs only in PyTriton's own virtualenv (numpy < 2), which
+    make test does not build; here: it compiles, and beside pytriton it imports only the
+    project's shared model (benchmarks/"peer_model.py", tested above) and the standard
+    library, so what it serves is the code tested here. benchmarks/"peers.py" and
+    benchmarks/"peers_kserve.py" and benchmarks/"profile_split.py" are tested above."""
+    import ast
+
+    source = (REPO / "benchmarks" / "peers_triton.py").read_text()
+    tree = ast.parse(source)
+    compile(source, "peers_triton.py", "exec")
+    imported = {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    } | {
+        a.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for a in node.names
+    }
+    assert imported <= {"__future__", "sys", "pathlib", "numpy", "pytriton", "benchmarks"}
