@@ -28,9 +28,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from handserve import hands
+from handserve import hands, integers
 from service.dataplane import DataPlane
 from service.errors import ApiError
+from service.schemas import MAX_INT_DIGITS
 
 #: Content types of what is served (a .tflite is opaque bytes to a browser).
 _TYPES = {".json": "application/json", ".txt": "text/plain; charset=utf-8"}
@@ -55,10 +56,9 @@ def version_file(plane: DataPlane, name: str, version: str, path: str) -> Respon
             version that is not a number), ``not_found`` (a path the manifest does not list,
             or absent from this server's copy: a Bento packs only what it serves).
     """
-    try:
-        number = int(version)
-    except ValueError:
-        raise ApiError("bad_parameter", f"version must be a number, got {version!r}") from None
+    number = integers.ascii_int(version, MAX_INT_DIGITS)  # the project's one whole-number rule
+    if number is None:
+        raise ApiError("bad_parameter", f"version must be a number, got {version[:20]!r}")
     model = plane.resolve(name, number)
     listed = {entry.path: entry for entry in model.manifest.files}
     entry = listed.get(path)

@@ -460,6 +460,9 @@ def test_version_files_and_hand_models_are_served_checksummed(camera_server: str
     unknown = requests.get(f"{camera_server}/models/nosuch/1/files/model.tflite", timeout=30)
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "unknown_model"
+    for version in ("+1", "\u0661", "1.0"):  # a version is ASCII digits, as everywhere else
+        odd = requests.get(f"{camera_server}/models/digits/{version}/files/model.tflite")
+        assert odd.status_code == 422 and odd.json()["error"]["code"] == "bad_parameter"
     index = requests.get(f"{camera_server}/hand_models", timeout=30).json()
     assert index["available"] == hands.models_available()
     if index["available"]:
