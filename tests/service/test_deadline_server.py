@@ -19,8 +19,8 @@ from tests.service.helpers import metric_samples, running_server, total
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 
-def big_png(seed: int, side: int = 2500) -> bytes:
-    """A 6-megapixel image that compresses to a few kilobytes but costs tens of ms to decode."""
+def big_png(seed: int, side: int = 3500) -> bytes:
+    """A 12-megapixel image that compresses to a few kilobytes but costs tens of ms to decode."""
     rng = np.random.default_rng(seed)
     arr = np.full((side, side), int(rng.integers(0, 256)), np.uint8)
     arr[:: side // 10] = 255
@@ -36,9 +36,11 @@ def test_a_request_past_the_timeout_gets_504_in_its_shape_and_stops(
         "HANDSERVE_TIMEOUT_S": "0.5",
         "HANDSERVE_WORKERS": "1",
         "HANDSERVE_DEFAULT_MODEL": "tiny",
-        # 64 images of 6 MP: inside the pixel budget, so it is the timeout that answers
-        "HANDSERVE_MAX_REQUEST_PIXELS": "500000000",
-        "HANDSERVE_MAX_INFLIGHT_PIXELS": "1000000000",
+        # 64 images of 12 MP: inside the pixel budget, so it is the timeout that answers; each
+        # request is seconds of decoding on any machine (two threads of 32 images), far past
+        # the 0.5 s deadline whatever the machine's speed
+        "HANDSERVE_MAX_REQUEST_PIXELS": "2000000000",
+        "HANDSERVE_MAX_INFLIGHT_PIXELS": "4000000000",
     }
     images = [big_png(i) for i in range(64)]
     with running_server(service_models, tmp_path, env) as (url, proc, _):
@@ -50,9 +52,9 @@ def test_a_request_past_the_timeout_gets_504_in_its_shape_and_stops(
         error = resp.json()["error"]
         assert error["code"] == "timeout" and "0.5 s" in error["message"]
 
-        raw = serialize_bytes(images[:32])
+        raw = serialize_bytes(images)
         head = (
-            b'{"inputs":[{"name":"image_bytes","shape":[32],"datatype":"BYTES",'
+            b'{"inputs":[{"name":"image_bytes","shape":[64],"datatype":"BYTES",'
             b'"parameters":{"binary_data_size":%d}}]}' % len(raw)
         )
         resp = requests.post(
@@ -64,7 +66,7 @@ def test_a_request_past_the_timeout_gets_504_in_its_shape_and_stops(
         assert resp.status_code == 504, resp.text
         assert isinstance(resp.json()["error"], str)  # the protocol's own shape
 
-        time.sleep(2)  # long enough for every image of both requests had the work gone on
+        time.sleep(3)  # the images being decoded at the deadline finish; nothing more runs
         ok = requests.post(
             url + "/predict?model=tiny",
             data=_small(),
