@@ -95,7 +95,6 @@ def pip_resolves(name: str, python: str, index: str, target: Path) -> str | None
 
 @pytest.mark.slow
 @pytest.mark.network
-@pytest.mark.long
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("python", supported_pythons())
 @pytest.mark.parametrize("name", requirement_files())
