@@ -36,13 +36,41 @@ FIXTURE_MARKERS = {
 }
 
 
+#: Tests that took over 10 s on their own (the ``call``, not a shared fixture), marked ``long``:
+#: measured 2026-12-07 on the 2-core machine shared with other work (load 5-10), with
+#: ``pytest --durations=0 --durations-min=8`` over everything but the server, browser,
+#: Prometheus and podman tests (those are all slow and seconds to minutes each).
+LONG_TESTS = {
+    "tests/export/test_benchmark_scripts.py::test_export_parity_trains_exports_and_verifies_every_format",
+    "tests/export/test_benchmark_scripts.py::test_phone_photos_compares_the_decoders_on_blown_up_photos",
+    "tests/export/test_benchmark_scripts.py::test_train_bench_trains_and_records_its_row",
+    "tests/export/test_export.py::test_a_format_that_fails_parity_is_left_out_and_the_rest_published",
+    "tests/export/test_export.py::test_export_cli_exit_codes",
+    "tests/export/test_export.py::test_exports_of_one_name_started_together_all_publish",
+    "tests/export/test_export.py::test_failed_parity_of_the_served_format_publishes_nothing",
+    "tests/export/test_export.py::test_rgb_run_exports_with_an_rgb_contract",
+    "tests/export/test_export.py::test_train_with_export_publishes_a_version",
+    "tests/model/test_model.py::test_random_backbone_trains_from_scratch",
+    "tests/model/test_small_data.py::test_cli_prints_one_line_per_epoch_and_no_tensorflow_banner",
+    "tests/model/test_small_data.py::test_verbose_cli_shows_tensorflow_logging",
+    "tests/model/test_train.py::test_bfloat16_run_saves_and_exports_a_float32_model",
+    "tests/model/test_train.py::test_cli_run_is_reproducible_with_a_seed",
+    "tests/model/test_train.py::test_default_config_learns_the_embedded_digits",
+    "tests/model/test_train.py::test_two_phase_run_fine_tunes_at_lower_rate",
+    "tests/unit/test_requirements_install.py::test_pip_installs_the_file",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the fixtures it requests (:data:`FIXTURE_MARKERS`)."""
+    """Mark each test by the fixtures it requests (:data:`FIXTURE_MARKERS`), and the tests of
+    :data:`LONG_TESTS` ``long`` (every parameter of one)."""
     for item in items:
         requested = set(getattr(item, "fixturenames", ()))
         for fixture, marker in FIXTURE_MARKERS.items():
             if fixture in requested:
                 item.add_marker(marker)
+        if item.nodeid.split("[")[0] in LONG_TESTS:
+            item.add_marker("long")
 
 
 def shared_dir() -> Path:

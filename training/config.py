@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from handserve import integers
@@ -39,9 +39,10 @@ def _devices(value: Any) -> Any:
 Devices = Annotated[str, BeforeValidator(_devices)]
 
 Dataset = Literal["digits", "mnist", "sign_mnist", "folder"]
-#: ``--backbone`` names: a checked choice here, so a wrong name is refused before TensorFlow
-#: loads (22 s); training.model.BACKBONES builds each (tests/unit/test_config.py: they agree).
-Backbone = Literal[
+#: ``--backbone`` names, checked here (a config file's value as a flag's), so a wrong name is
+#: refused in one line before TensorFlow loads (22 s); training.model.BACKBONES builds each
+#: (tests/unit/test_config.py checks the two agree).
+BACKBONE_NAMES = (
     "mobilenet_v2",
     "mobilenet_v3_small",
     "mobilenet_v3_large",
@@ -52,7 +53,17 @@ Backbone = Literal[
     "hand_landmarks",
     "hand_embedder",
     "cnn",
-]
+)
+
+
+def _known_backbone(value: str) -> str:
+    if value not in BACKBONE_NAMES:
+        raise ValueError(f"must be one of {', '.join(BACKBONE_NAMES)}")
+    return value
+
+
+#: A name of :data:`BACKBONE_NAMES` (text, so the flag's error is the config's one line).
+Backbone = Annotated[str, AfterValidator(_known_backbone)]
 Optimizer = Literal["sgd", "momentum", "adam", "rmsprop", "adagrad", "adadelta"]
 Schedule = Literal["constant", "cosine", "step"]
 

@@ -223,7 +223,6 @@ def test_unfrozen_step_moves_backbone_but_not_batchnorm() -> None:
 
 
 @pytest.mark.slow  # a training step of MobileNetV2: 30 s of tracing on 2 cores
-@pytest.mark.long
 def test_random_backbone_trains_from_scratch() -> None:
     """weights="none": nothing to protect, so the backbone and its BatchNorm train at once.
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tomllib
 
-from tests.conftest import FIXTURE_MARKERS, REPO
+from tests.conftest import FIXTURE_MARKERS, LONG_TESTS, REPO
 
 
 def fast_expression() -> str:
@@ -49,3 +49,14 @@ def test_a_test_that_requests_the_trained_export_is_not_fast() -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     collected = [line for line in proc.stdout.splitlines() if "::" in line]
     assert collected == ["tests/export/test_registry.py::test_empty_models_folder"]
+
+
+def test_every_long_test_exists() -> None:
+    """A renamed or removed test must leave :data:`LONG_TESTS` too (read from the source, not
+    collected: collecting those modules costs a TensorFlow import)."""
+    missing = []
+    for nodeid in sorted(LONG_TESTS):
+        path, name = nodeid.split("::")
+        if f"def {name}(" not in (REPO / path).read_text():
+            missing.append(nodeid)
+    assert not missing, "no such test: " + ", ".join(missing)
