@@ -22,10 +22,15 @@ BARE_ARRAY = re.compile(r'(?<!\+)"\$\{(\w+)\[@\]\}"')
 
 
 def nounset_scripts() -> list[Path]:
+    """The project's own shell scripts (those git tracks: not a base image's under .cache/,
+    nor node_modules') that run under ``set -u``."""
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "*.sh"], capture_output=True, text=True, check=True
+    ).stdout.split()
     return sorted(
-        p
-        for p in REPO.rglob("*.sh")
-        if ".venv" not in p.parts and re.search(r"^set -\w*u", p.read_text(), re.MULTILINE)
+        REPO / name
+        for name in tracked
+        if re.search(r"^set -\w*u", (REPO / name).read_text(), re.MULTILINE)
     )
 
 
