@@ -30,18 +30,10 @@ from typing import Any
 
 from PIL import Image
 
-from service.fake_camera import held, on_frame, write_y4m
+from service.fake_camera import CHROMIUM, CHROMIUM_ARGS, camera_args, held, on_frame, write_y4m
 from service.local_server import background_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path(os.environ.get("HANDSERVE_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-]
 MODES = ("server", "device", "both")
 
 
@@ -117,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             browser = pw.chromium.launch(
                 executable_path=str(CHROMIUM),
                 headless=True,
-                args=[*ARGS, f"--use-file-for-fake-video-capture={video}"],
+                args=[*CHROMIUM_ARGS, *camera_args(video)],
             )
             try:
                 for mode in args.modes:

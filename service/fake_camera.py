@@ -11,11 +11,38 @@ and the Bentos leave it out.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+#: Debian's Chromium (the suite installs it; ``$HANDSERVE_CHROMIUM`` names another).
+CHROMIUM = Path(os.environ.get("HANDSERVE_CHROMIUM", "/usr/bin/chromium"))
+#: Headless on these machines: no sandbox as root, no GPU, and none of the background
+#: connections a closed network refuses.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def camera_args(video: Path | str) -> list[str]:
+    """Chromium's flags that make ``video`` (a .y4m or .mjpeg file) its camera, granted."""
+    return [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+    ]
+
 
 #: The camera's picture: a webcam's usual 640x480 at 10 frames a second.
 WIDTH, HEIGHT, FPS = 640, 480, 10

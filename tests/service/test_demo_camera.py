@@ -35,7 +35,16 @@ import requests
 from PIL import Image, ImageDraw
 
 from handserve import artifacts, hands
-from service.fake_camera import HEIGHT, WIDTH, held, on_frame, write_y4m
+from service.fake_camera import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    HEIGHT,
+    WIDTH,
+    camera_args,
+    held,
+    on_frame,
+    write_y4m,
+)
 from service.local_server import wait_ready
 from tests.conftest import shared_dir
 from tests.service.helpers import copy_version, running_server
@@ -43,18 +52,6 @@ from tests.service.helpers import copy_version, running_server
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("HANDSERVE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
 if not CHROMIUM.exists():
     pytest.skip(
         f"{CHROMIUM} is absent (apt-get install chromium, or run make test)",
@@ -204,13 +201,7 @@ def hand_video(camera_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _browser(pw: Any, video: Path | None) -> Any:
-    args = [*CHROMIUM_ARGS]
-    if video is not None:
-        args += [
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={video}",
-        ]
+    args = [*CHROMIUM_ARGS, *(camera_args(video) if video is not None else [])]
     return pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
 
 

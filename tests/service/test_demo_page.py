@@ -8,7 +8,6 @@ internet here), it drives ``/usr/bin/chromium`` through ``executable_path``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,8 @@ from PIL import Image, ImageDraw
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
-CHROMIUM = Path(os.environ.get("HANDSERVE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# At module level, so a machine without them skips before the session server starts.
+from service.fake_camera import CHROMIUM, CHROMIUM_ARGS  # noqa: E402 - the one launch
+
 if not CHROMIUM.exists():
     pytest.skip(
         f"{CHROMIUM} is absent (apt-get install chromium, or run make test)",
