@@ -52,14 +52,64 @@ def timeout_body(path: str, timeout_s: float) -> bytes:
     return json.dumps(err.v2_body() if path.startswith(V2_PREFIX) else err.body()).encode()
 
 
+class Watch:
+    """One request's deadline, from inside the task that answers it: a timer that, unless the
+    answer has started, marks the request expired (:func:`check` raises from then on, in its
+    threads too) and cancels the task.
+
+    One timer and no task of its own: a task and a wait per request cost 33 µs, the timer
+    about 2. Used by :class:`Deadline` and by the image API's short path (service.front).
+    """
+
+    __slots__ = ("_started", "_timer", "_token", "expired", "task", "timeout_s")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.task = asyncio.current_task()
+        self.expired = threading.Event()
+        self._started = False
+        self._timer = asyncio.get_running_loop().call_later(timeout_s, self._expire)
+        self._token = _expired.set(self.expired)
+
+    def _expire(self) -> None:
+        if not self._started and self.task is not None:
+            self.expired.set()
+            self.task.cancel()
+
+    def answering(self) -> bool:
+        """The answer starts now: True, and the deadline is over (as BentoML's own); False
+        when it has passed, and the late answer must be dropped."""
+        if self.expired.is_set():
+            return False
+        if not self._started:
+            self._started = True
+            self._timer.cancel()
+        return True
+
+    def close(self) -> None:
+        """The request's code is done (answered, failed or cancelled)."""
+        self._timer.cancel()
+        _expired.reset(self._token)
+
+    async def answer_timeout(self, send: Any, path: str) -> None:
+        """The 504, once the request's work is over: the deadline's cancellation is spent
+        first, so the answer can be sent."""
+        if self.task is not None:
+            while self.task.cancelling():
+                self.task.uncancel()
+        body = timeout_body(path, self.timeout_s)
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 504, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 class Deadline:
     """ASGI middleware: 504 ``timeout`` at ``timeout_s`` unless the response has started.
 
-    It runs the request in its own task, as every middleware does, with one timer beside it
-    (no task of its own: a task and a wait per request cost 33 µs, the timer about 2): at the
-    deadline the timer marks the request expired and cancels its task; the middleware then
-    answers the 504. Work in a thread does not see the cancellation until it returns; it sees
-    the mark at its next image (:func:`check`) and stops there.
+    It runs the request in its own task, as every middleware does, with a :class:`Watch`
+    beside it: at the deadline the request is marked expired and its task cancelled; the
+    middleware then answers the 504. Work in a thread does not see the cancellation until it
+    returns; it sees the mark at its next image (:func:`check`) and stops there.
     """
 
     def __init__(self, app: Any, timeout_s: float) -> None:
@@ -70,43 +120,20 @@ class Deadline:
         if scope["type"] != "http" or scope.get("path") in SKIP_PATHS:
             await self.app(scope, receive, send)
             return
-        task = asyncio.current_task()
-        expired = threading.Event()
-        started = False
-
-        def expire() -> None:
-            if not started and task is not None:
-                expired.set()
-                task.cancel()
-
-        timer = asyncio.get_running_loop().call_later(self.timeout_s, expire)
+        watch = Watch(self.timeout_s)
 
         async def send_once(message: dict[str, Any]) -> None:
-            nonlocal started
-            if expired.is_set():
-                return  # answered 504 already: the late answer is dropped
-            if not started:
-                started = True
-                timer.cancel()  # answering: no deadline any more (as BentoML's own)
-            await send(message)
+            if watch.answering():  # else answered 504 already: the late answer is dropped
+                await send(message)
 
-        token = _expired.set(expired)
         try:
             await self.app(scope, receive, send_once)
         except asyncio.CancelledError:
-            if not expired.is_set():
+            if not watch.expired.is_set():
                 raise  # not ours (the client left, the server stops)
         finally:
-            timer.cancel()
-            _expired.reset(token)
-        if not expired.is_set():
-            return
-        # Ours: the request was cancelled (or its work stopped at a check and its answer was
-        # dropped); the cancellation is spent, and the client gets the 504 now.
-        if task is not None:
-            while task.cancelling():
-                task.uncancel()
-        body = timeout_body(str(scope.get("path", "")), self.timeout_s)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 504, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            watch.close()
+        if watch.expired.is_set():
+            # Ours: the request was cancelled (or its work stopped at a check and its answer
+            # was dropped); the client gets the 504 now.
+            await watch.answer_timeout(send, str(scope.get("path", "")))

@@ -162,14 +162,14 @@ def record_batch(
     """Metrics of one runtime call: its time, its size, each image's wait and top-1 label."""
     if metrics is None:
         return
-    labels = (model.name, model.version_label)
-    metrics.inference_seconds.labels(*labels, model.runtime.name).observe(elapsed)
-    metrics.batch_size.labels(model.name).observe(len(scores))
+    series = metrics.of(model.name, model.version_label, model.runtime.name)
+    series.inference_seconds.observe(elapsed)
+    series.batch_size.observe(len(scores))
     for wait in waits:
         metrics.batch_wait_seconds.observe(max(0.0, wait))
     names = model.manifest.labels
     for index in np.argmax(scores, axis=1):
-        metrics.predictions.labels(*labels, names[int(index)]).inc()
+        series.predicted(names[int(index)])
 
 
 class ParallelEngine:

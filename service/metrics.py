@@ -9,7 +9,9 @@ workers report one ``model_info`` series per model instead of one per process.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 #: Seconds: 0.5 ms to 10 s, enough resolution for a 1 ms LiteRT batch and a slow GPU start.
@@ -55,6 +57,43 @@ class Metrics:
     rebalanced: Any
     worker_connections: Any
     worker_cpu: Any
+    #: (name, version, runtime) -> that model's labelled series, made once (see :meth:`of`).
+    _series: dict[tuple[str, str, str], ModelSeries] = field(default_factory=dict)
+
+    def of(self, name: str, version: str, runtime: str) -> ModelSeries:
+        """The labelled series one model version's calls are counted in.
+
+        ``labels(...)`` checks and looks up its arguments on every call (about 1.5 µs each with
+        the multiprocess directory the server uses, several per request); the child it returns
+        is the same every time, so it is looked up once per model version here.
+        """
+        key = (name, version, runtime)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = ModelSeries(
+                inference_seconds=self.inference_seconds.labels(name, version, runtime),
+                batch_size=self.batch_size.labels(name),
+                predictions=functools.partial(self.predictions.labels, name, version),
+            )
+        return series
+
+
+@dataclass
+class ModelSeries:
+    """One model version's series: its model-call time, batch sizes, and top-1 labels (each
+    label's counter made on first use)."""
+
+    inference_seconds: Any
+    batch_size: Any
+    predictions: Callable[[str], Any]
+    _by_label: dict[str, Any] = field(default_factory=dict)
+
+    def predicted(self, label: str) -> None:
+        """Count one image whose top-1 class is ``label``."""
+        counter = self._by_label.get(label)
+        if counter is None:
+            counter = self._by_label[label] = self.predictions(label)
+        counter.inc()
 
 
 def create(max_batch_size: int, registry: Any = None) -> Metrics:

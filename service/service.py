@@ -4,7 +4,9 @@ This module holds the server's lifecycle and the declaration of every public end
 file answers "what does this server answer". Each endpoint is a route declared on the
 :class:`HandServe` class below (FastAPI, mounted with ``@bentoml.asgi_app``; :mod:`service.routes`
 binds them to the running instance), and the OpenAPI document comes from the types in
-:mod:`service.schemas`. The work is elsewhere: every protocol parses its own wire format and
+:mod:`service.schemas`. In a server, ``POST /predict`` and ``/predict_batch`` are answered one
+layer earlier, with the same code, by :mod:`service.front` (a shorter path for the requests that
+matter most). The work is elsewhere: every protocol parses its own wire format and
 calls the same :class:`~service.dataplane.DataPlane` (registry, admission, engine):
 
     parse (service.parsing | service.v2_http | service.v2_grpc)
@@ -49,11 +51,8 @@ from service import (
 from service import metrics as metrics_mod
 from service.config import ServiceConfig, load_service_config
 from service.dataplane import DataPlane
-from service.errors import (
-    STATUS,
-    JSONErrors,
-    install_error_handlers,
-)
+from service.errors import STATUS, install_error_handlers
+from service.front import Front
 from service.routes import ClassRoutes
 from service.schemas import (
     ErrorResponse,
@@ -442,12 +441,14 @@ install_error_handlers(app)
 routes.bind(app, lambda: app.state.service)
 # The decorator made HandServe a bentoml Service (typed as the class it wraps).
 _bentoml_service: Any = HandServe
-_bentoml_service.add_asgi_middleware(JSONErrors)
-_bentoml_service.add_asgi_middleware(deadline.Deadline, timeout_s=CONFIG.timeout_s)
-if BALANCING:
-    _bentoml_service.add_asgi_middleware(
-        balance.CloseToRebalance, balancer=lambda: getattr(app.state, "balancer", None)
-    )
+# One layer of handserve's inside BentoML's stack: the image API's short path, and the error
+# shape, deadline and balancing of every other request (service.front).
+_bentoml_service.add_asgi_middleware(
+    Front,
+    service=lambda: getattr(app.state, "service", None),
+    timeout_s=CONFIG.timeout_s,
+    balancer=(lambda: getattr(app.state, "balancer", None)) if BALANCING else None,
+)
 
 
 @app.get("/demo", include_in_schema=False)

@@ -71,8 +71,14 @@ def running_server(
 
 
 @contextlib.contextmanager
-def inprocess_client(cfg: ServiceConfig, *, load: bool = True) -> Iterator[tuple[Any, Any]]:
+def inprocess_client(
+    cfg: ServiceConfig, *, load: bool = True, front: bool = True
+) -> Iterator[tuple[Any, Any]]:
     """The service's FastAPI app driven in-process, with a service instance built for ``cfg``.
+
+    With ``front`` (the default) requests go through the layer a server puts in front of the
+    app (:class:`service.front.Front`: the image API's short path, the error shape and the
+    deadline), as in ``bentoml serve``; without, straight to the FastAPI app.
 
     The instance is made as ``bentoml serve`` makes it (the class BentoML wraps) but with its
     own config and Prometheus registry, and started through its real start-up hook
@@ -83,10 +89,12 @@ def inprocess_client(cfg: ServiceConfig, *, load: bool = True) -> Iterator[tuple
     from prometheus_client import CollectorRegistry
     from starlette.testclient import TestClient
 
+    from service.front import Front
     from service.service import HandServe, app
 
     svc = HandServe.inner(cfg, CollectorRegistry())
-    with TestClient(app) as client:
+    asgi = Front(app, service=lambda: svc, timeout_s=cfg.timeout_s) if front else app
+    with TestClient(asgi) as client:
         if load:
             client.portal.call(svc.start)
             client.portal.call(svc.loaded)
