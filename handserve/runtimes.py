@@ -7,9 +7,10 @@ export's parity check compare them with Keras, and ``examples/litert_predict.py`
 parity tests test the code that serves.
 
 * :class:`LiteRTRuntime` keeps a small pool of interpreters. An interpreter is not thread safe,
-  and on a CPU LiteRT gains nothing from batching (measured: MobileNetV2 220 images/s at batch
-  1, 157 at batch 32 on 2 cores), so the way to use several cores is several interpreters
-  working on different requests at once, each with few threads.
+  and on a CPU LiteRT gains little from batching (one thread per interpreter: MobileNetV2 at
+  160 px 1.1-1.2x images per CPU-second at batch 2-8, nothing at 32; docs/benchmarks/peers.md),
+  so the way to use several cores is several interpreters working on different requests at
+  once, each with few threads; the service joins small batches only where they pay.
 * :class:`SavedModelRuntime` runs the ``serving_default`` signature, which TensorFlow may call
   from several threads; it gains a lot from batches (the service batches for it).
 

@@ -56,6 +56,13 @@ class ServiceConfig(Settings):
     # request use two cores (16 MobileNetV2 images: 118 -> 225 images/s on 2 cores).
     interpreters: int = setting(2, "LiteRT interpreters per model in each worker", ge=1)
     num_threads: int = setting(1, "threads per LiteRT interpreter (XNNPACK)", ge=1)
+    # Single images waiting in one worker at the same moment (requests queued behind a model
+    # call) go through one call, where the model's warm-up shows a batch of 4 costs at least
+    # 10% less per image (MobileNetV2 at 160 px about 0.7x, the digits CNN about 0.85x).
+    # docs/benchmarks/peers.md has the measurements.
+    join_requests: bool = setting(
+        True, "join waiting single-image requests into one LiteRT call where it pays"
+    )
     # A few batches compile kernels and fill caches before /readyz turns 200.
     warmup_batches: int = setting(3, "dummy batches run per model before ready", ge=0)
     # Testing knob: proves /readyz waits for warm-up. Leave at 0 in production.

@@ -1,8 +1,9 @@
 """From encoded images to scores: decode, then run the model the way its runtime pays.
 
-Measured on 2 CPU cores (docs/benchmarks/serving.md has the tables): LiteRT gains nothing
-from batches on a CPU, so :class:`ParallelEngine` runs each request at once, side by side with
-the other worker processes (one per core), on the event loop when the work is small. TensorFlow
+Measured on 2 CPU cores (docs/benchmarks/serving.md and peers.md have the tables): LiteRT
+gains little from batches on a CPU, so :class:`ParallelEngine` runs each request at once, side
+by side with the other worker processes (one per core), on the event loop when the work is
+small, and joins only the requests already waiting, for models that gain. TensorFlow
 SavedModel, the GPU path, multiplies its throughput with batches (digits CNN: 930 to 4,700
 images/s from batch 1 to 32), so :class:`BatchingEngine` joins concurrent requests into batches
 with BentoML's adaptive batching dispatcher, in process.
@@ -27,7 +28,7 @@ from handserve.hands import HandModelsMissing
 from handserve.images import ImageDecodeError, decode_image
 from service import deadline
 from service.errors import ApiError
-from service.registry import LoadedModel
+from service.registry import MAX_JOINED, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +173,32 @@ def record_batch(
         series.predicted(names[int(index)])
 
 
+@dataclass
+class _Waiting:
+    """One decoded image waiting, on the event loop, for the joined call of its model."""
+
+    image: np.ndarray
+    enqueued: float
+    answer: asyncio.Future[np.ndarray]
+
+
 class ParallelEngine:
-    """LiteRT on CPU: requests run side by side, each with one model call, never batched.
+    """LiteRT on CPU: requests run side by side, one model call each, or joined when waiting.
 
     The parallelism is BentoML's worker processes, one per usable core by default, each with
-    its own interpreter (LiteRT on a CPU gains nothing from batches, and threads of one
-    process contend for the GIL). Within a worker a request is decoded and run on the event
-    loop when that is quick (see :class:`InlineLimits`); otherwise in a worker thread, where
-    the runtime's interpreter pool bounds how many model calls run at once.
+    its own interpreter (threads of one process contend for the GIL). Within a worker a
+    request is decoded and run on the event loop when that is quick (see
+    :class:`InlineLimits`); otherwise in a worker thread, where the runtime's interpreter pool
+    bounds how many model calls run at once.
+
+    Requests queue in a worker while it runs a model call on its loop: at 8 clients and more
+    several arrive together. For a model whose batches cost less per image (measured at
+    warm-up, ``LoadedModel.joins``: MobileNetV2 at 160 px, 1.2x images per CPU-second at
+    batch 2-8), the single images that reach the engine in the same turn of the event loop go
+    through one call (of at most :data:`~service.registry.MAX_JOINED`), as Triton's dynamic
+    batcher does with no added delay: nothing waits for a batch to fill; a request alone runs
+    as before, one turn of the loop later. A model whose batches gain nothing (the digits CNN,
+    and most small models: the call is cheaper than its Python around it) is never joined.
     """
 
     kind = "parallel"
@@ -190,6 +209,8 @@ class ParallelEngine:
         self.max_pixels = max_pixels
         self.metrics = metrics
         self.inline = inline
+        #: (name, version) -> the model and the images waiting for its next joined call
+        self._waiting: dict[tuple[str, int], tuple[LoadedModel, list[_Waiting]]] = {}
 
     def _run(
         self,
@@ -243,6 +264,8 @@ class ParallelEngine:
         # on the event loop, whatever the head itself costs.
         if model.hands is None and model.call_seconds * len(blobs) <= self.inline.seconds:
             try:
+                if len(blobs) == 1 and model.joins:
+                    return await self._joined(model, blobs, enqueued)
                 return self._run(model, blobs, enqueued, self.inline)
             except _TooBigForInline:
                 pass
@@ -268,6 +291,52 @@ class ParallelEngine:
             )
         )
         return np.concatenate(results)
+
+    async def _joined(self, model: LoadedModel, blobs: list[bytes], enqueued: float) -> np.ndarray:
+        """Decode one image here, then wait for the next joined call of its model (made once
+        every request of this turn of the loop has had its turn to join)."""
+        x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=self.inline)
+        deadline.check()
+        loop = asyncio.get_running_loop()
+        key = (model.name, model.version)
+        entry = self._waiting.get(key)
+        if entry is None:
+            entry = self._waiting[key] = (model, [])
+            loop.call_soon(self._run_joined, key)
+        answer: asyncio.Future[np.ndarray] = loop.create_future()
+        entry[1].append(_Waiting(x[0], enqueued, answer))
+        return await answer
+
+    def _run_joined(self, key: tuple[str, int]) -> None:
+        """One call for the images waiting (at most MAX_JOINED; the rest get the next turn).
+
+        A request that is no longer waiting (answered 504 at its deadline, or its client left:
+        its task was cancelled) is left out. Calls are of 8, 4, 2 or 1 images, the sizes the
+        runtime keeps interpreters for (3 images run as 2 + 1, not padded to 4).
+        """
+        model, waiting = self._waiting.pop(key)
+        waiting = [w for w in waiting if not w.answer.done()]
+        if len(waiting) > MAX_JOINED:
+            rest = waiting[MAX_JOINED:]
+            waiting = waiting[:MAX_JOINED]
+            self._waiting[key] = (model, rest)
+            asyncio.get_running_loop().call_soon(self._run_joined, key)
+        while waiting:
+            size = 1 << (len(waiting).bit_length() - 1)  # the largest power of two that fits
+            part, waiting = waiting[:size], waiting[size:]
+            t0 = time.perf_counter()
+            try:
+                scores = model.runtime.predict(np.stack([w.image for w in part]))
+            except Exception as exc:
+                for w in part:
+                    if not w.answer.done():
+                        w.answer.set_exception(exc)
+                continue
+            waits = [t0 - w.enqueued for w in part]
+            record_batch(self.metrics, model, scores, time.perf_counter() - t0, waits)
+            for w, row in zip(part, scores, strict=True):
+                if not w.answer.done():
+                    w.answer.set_result(row[None])
 
 
 @dataclass

@@ -101,3 +101,53 @@ def test_an_unknown_model_or_version_is_refused_by_name(models_dir: Path) -> Non
         with pytest.raises(ApiError) as err:
             plane.resolve(name, version)
         assert err.value.code == code
+
+
+def test_single_images_waiting_together_share_one_model_call_where_it_pays(
+    models_dir: Path,
+) -> None:
+    """Requests that reach a worker together go through one call for a model whose batches
+    cost less per image (LiteRT, measured at warm-up), each answered its own scores; one that
+    stopped waiting (its deadline passed, its client left) is left out; a model whose batches
+    gain nothing runs each request alone."""
+    from service.registry import MAX_JOINED
+
+    plane = plane_for(models_dir, max_inflight_images=64)
+    blobs = [digit_png(i) for i in range(MAX_JOINED + 2)]
+    calls: list[int] = []
+
+    async def run() -> tuple[np.ndarray, list[np.ndarray], float]:
+        await plane.load()
+        plane.mark_ready()
+        model = plane.resolve("tiny", 1)
+        measured = model.batch_cost
+        alone = await plane.classify(model, blobs)  # one request of every image: not joined
+        predict = model.runtime.predict
+
+        def counted(x: np.ndarray) -> np.ndarray:
+            calls.append(len(x))
+            return predict(x)
+
+        model.runtime.predict = counted  # type: ignore[method-assign]
+        model.batch_cost = 0.5  # as MobileNetV2's warm-up measures it
+        together = list(await asyncio.gather(*(plane.classify(model, [b]) for b in blobs[:5])))
+        tasks = [asyncio.create_task(plane.classify(model, [b])) for b in blobs[:3]]
+        await asyncio.sleep(0)  # all three decoded and waiting for the joined call
+        tasks[1].cancel()
+        together += [await tasks[0], await tasks[2]]
+        together += list(await asyncio.gather(*(plane.classify(model, [b]) for b in blobs)))
+        model.batch_cost = 1.0  # batches gain nothing: never joined
+        await asyncio.gather(*(plane.classify(model, [b]) for b in blobs[:3]))
+        await plane.stop()
+        return alone, together, measured
+
+    alone, together, measured = asyncio.run(run())
+    assert measured != 1.0  # measured at warm-up (LiteRT, join_requests on)
+    # 5 as 4 + 1; 2 of 3 (one cancelled); MAX_JOINED + 2 as MAX_JOINED, then 2; then alone
+    assert calls == [4, 1, 2, MAX_JOINED, 2, 1, 1, 1]
+    want = [*alone[:5], alone[0], alone[2], *alone]
+    np.testing.assert_allclose(np.concatenate(together), np.stack(want), atol=1e-6)
+    assert plane.admission.inflight == 0
+    off = plane_for(models_dir, join_requests=False)
+    asyncio.run(off.load())
+    assert off.models["tiny"].batch_cost == 1.0 and not off.models["tiny"].joins
