@@ -423,6 +423,9 @@ class ModelRegistry:
                     "input": _describe_input(man),
                     "runtime": m.runtime.name,
                     "file": m.runtime.file,
+                    # measured at warm-up, in this worker: whether waiting requests are joined
+                    "call_ms": round(1000 * m.call_seconds, 3),
+                    "joins_requests": m.joins,
                     "sha256": m.sha256,
                     "created_at": man.created_at,
                     "backbone": man.backbone,

@@ -139,8 +139,12 @@ def test_predict_batch_keeps_order(server, tiny_dir, labels, form) -> None:
         assert_matches(res, scores, labels, 10)
 
 
-def test_64_concurrent_requests_all_answered_one_call_each(server, tiny_dir) -> None:
-    """LiteRT runs each request on its own (no batching on a CPU): every answer is right."""
+def test_64_concurrent_requests_all_answered_joined_where_it_pays(server, tiny_dir) -> None:
+    """LiteRT runs each request at once, and joins those waiting together into one call for a
+    model whose batches cost less per image (measured at warm-up, shown in /models): every
+    answer is right either way."""
+    listed = requests.get(server.url + "/models", timeout=30).json()["models"]
+    joins = next(m for m in listed if m["name"] == "tiny")["joins_requests"]
     before = metric_samples(server.url)
     images = [digit_png(i) for i in range(8)]
     expected = direct_scores(tiny_dir, images).argmax(1)
@@ -160,8 +164,12 @@ def test_64_concurrent_requests_all_answered_one_call_each(server, tiny_dir) -> 
     def delta(name: str) -> float:
         return total(after, name, model="tiny") - total(before, name, model="tiny")
 
-    assert delta("handserve_batch_size_sum") == len(answers)
-    assert delta("handserve_batch_size_count") == len(answers)  # one model call per request
+    assert delta("handserve_batch_size_sum") == len(answers)  # every image ran once
+    calls = delta("handserve_batch_size_count")
+    assert calls <= len(answers)
+    if joins:  # 64 clients on 2 workers: requests queue, and are joined (the other worker
+        # measured its own warm-up, so without joins here it may still join)
+        assert calls < len(answers)
 
 
 BAD_INPUTS = [
