@@ -44,8 +44,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging and warnings", ("logging/", "warnings.py", "linecache")),
     ("JSON", ("json/", "render", "orjson")),
     (
-        "handserve middlewares (JSONErrors, Deadline, CloseToRebalance)",
-        ("service/errors.py", "service/deadline.py", "service/balance.py"),
+        "handserve's ASGI layer (Front; JSONErrors, Deadline, CloseToRebalance)",
+        ("service/front.py", "service/errors.py", "service/deadline.py", "service/balance.py"),
     ),
     ("handserve's own request path (service/, handserve/)", ("service/", "handserve/")),
     ("KServe", ("kserve/",)),

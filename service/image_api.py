@@ -22,7 +22,7 @@ from starlette.requests import Request
 from handserve.ranking import top_k
 from service.dataplane import DataPlane
 from service.errors import REFUSAL_KEY, ApiError, is_input_error
-from service.parsing import parse_params, parse_request, read_files
+from service.parsing import parse_request, query_params, read_files
 from service.registry import LoadedModel
 
 #: A served model and the scores of every image of a request, in order.
@@ -40,7 +40,7 @@ async def classify_request(plane: DataPlane, request: Request, *, batch: bool) -
         max_body_bytes=cfg.max_body_bytes,
         max_images=cfg.max_batch_images if batch else 1,
         body_timeout_s=cfg.body_timeout_s,
-        query=parse_params(request.query_params, "query"),
+        query=query_params(request.scope.get("query_string", b"")),
     )
     params = parsed.params
     model = plane.resolve(params.model, params.version)

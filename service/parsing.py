@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import QueryParams, UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
@@ -50,6 +51,23 @@ def parse_params(raw: Mapping[str, Any], where: str) -> Params:
             else "bad_parameter"
         )
         raise ApiError(code, describe_validation(exc, where)) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_query(query_string: bytes) -> Params:
+    return parse_params(QueryParams(query_string), "query")
+
+
+def query_params(query_string: bytes) -> Params:
+    """The parameters of a request's query string (``scope["query_string"]``).
+
+    Clients send the same few strings (``?model=digits``) thousands of times, and parsing and
+    validating one costs about 15 µs of a 0.8 ms request; so each short one is validated once
+    (``Params`` is frozen). A refused string is not cached: it raises each time.
+    """
+    if len(query_string) > 200:  # long ones are rare, and must not fill memory
+        return parse_params(QueryParams(query_string), "query")
+    return _cached_query(query_string)
 
 
 def b64decode(value: Any, index: int | None = None) -> bytes:

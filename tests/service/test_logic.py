@@ -17,7 +17,7 @@ from service.config import ServiceConfig
 from service.errors import STATUS, ApiError
 from service.inference import Admission
 from service.metrics import batch_buckets
-from service.parsing import b64decode, parse_params
+from service.parsing import b64decode, parse_params, query_params
 from service.schemas import Params
 
 
@@ -25,6 +25,21 @@ def test_parse_params_accepts_strings_and_ints() -> None:
     assert parse_params({}, "query") == Params()
     got = parse_params({"model": "a", "version": "2", "top_k": 3}, "JSON")
     assert (got.model, got.version, got.top_k) == ("a", 2, 3)
+
+
+def test_query_strings_are_validated_once_and_refused_every_time() -> None:
+    got = query_params(b"model=digits&top_k=3")
+    assert (got.model, got.top_k) == ("digits", 3)
+    assert query_params(b"model=digits&top_k=3") is got  # the same short string: cached
+    long = b"model=digits&" + b"&".join([b"top_k=2"] * 40)  # the last value counts
+    assert query_params(long).top_k == 2 and query_params(long) is not query_params(long)
+    for _ in range(2):  # a refusal is never cached as an answer
+        with pytest.raises(ApiError) as err:
+            query_params(b"top_k=0")
+        assert err.value.code == "bad_parameter" and err.value.message.startswith("top_k: ")
+    with pytest.raises(ApiError) as err:
+        query_params(b"colour=red")
+    assert err.value.code == "unknown_field"
 
 
 @pytest.mark.parametrize(
