@@ -6,18 +6,23 @@ test makes the file from pictures, each held for a second, so the page sees a "s
 sequence. What the page must spell is what the server answers for each picture (asked over
 ``/predict`` first), so the assertion holds for any model, trained well or not.
 
-Two sets of pictures:
+Three sets of pictures:
 
 - always: digits on black, read by the tiny digits model on the whole frame (as ``make run``'s
   model reads a camera), with a blank-free sequence whose consecutive answers differ;
 - where MediaPipe's hand models are fetched and ``../shared/data/asl_photos`` is present: real
   hand photos, with empty frames between them (no hand: the letter is released), read by a
   version whose contract crops the hand, so the browser's hand models, crop and classifier
-  (device mode) are compared with the server's on the same frames.
+  (device mode) are compared with the server's on the same frames;
+- there too: a photo of each letter of :data:`WORD`, with empty frames between, read by a
+  hand-feature (landmark) head as the README's sign-language command makes one (trained here on
+  those letters' photos only), in server, device, landmarks and both modes in one page.
 
 Each mode's screenshot is saved in the test's tmp folder; ``HANDSERVE_DEMO_SCREENSHOT=PATH``
-also writes the digits one of both modes there, the README's (docs/images/demo-camera.png; the
-hand-photo ones show people from ../shared and stay out of the repository).
+also writes the digits one of both modes there (docs/images/demo-camera.png). The README's
+(docs/images/demo-camera-asl.png, the real landmark model on hand-only photos) is made by
+``benchmarks/demo_camera.py --screenshot``; the test's hand-photo ones show people's faces from
+../shared and stay out of the repository.
 """
 
 from __future__ import annotations
