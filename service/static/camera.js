@@ -229,6 +229,26 @@ function drawPreview(pixels) {
   preview.dataset.shown = width + "x" + height;
 }
 
+/** A hand-feature head receives the hand's landmarks, not pixels: they are drawn, the hand
+ * fitted into the square (white bones, red joints on black), where this page found the hand. */
+function drawHandPreview(hand) {
+  if (!hand) { drawPreview(null); return; }
+  const pts = hand.landmarks, [l, t, r, b] = hand.box;
+  const side = Math.max(r - l, b - t) * 1.15 || 1, size = preview.width;
+  const cx = (l + r) / 2, cy = (t + b) / 2, k = size / side;
+  const at = ([x, y]) => [(x - cx) * k + size / 2, (y - cy) * k + size / 2];
+  pctx.fillStyle = "#000";
+  pctx.fillRect(0, 0, size, preview.height);
+  pctx.strokeStyle = "#fff"; pctx.lineWidth = 2;
+  for (const [i, j] of CONNECTIONS) {
+    const [x0, y0] = at(pts[i]), [x1, y1] = at(pts[j]);
+    pctx.beginPath(); pctx.moveTo(x0, y0); pctx.lineTo(x1, y1); pctx.stroke();
+  }
+  pctx.fillStyle = "#ef4444";
+  for (const p of pts) { const [x, y] = at(p); pctx.beginPath(); pctx.arc(x, y, 2.5, 0, 2 * Math.PI); pctx.fill(); }
+  preview.dataset.shown = "landmarks";
+}
+
 // ------------------------------------------------------------------------------ drawing
 function paint() {
   if (!stream) return;
@@ -258,7 +278,7 @@ function paint() {
 }
 
 // ------------------------------------------------------------------------------ the loop
-async function step() {
+async function step(mine) {
   const model = currentModel();
   if (!model) { say("Pick the served version (or “latest”) for the camera.", "model"); return; }
   const mode = modeSelect.value;
@@ -309,7 +329,7 @@ async function step() {
       return "backoff";
     }
   }
-  if (!running) return; // stopped while this frame ran: its answer is not shown
+  if (!running || mine !== generation) return; // stopped while this frame ran: its answer is not shown
   runningEl.textContent = {
     server: "Running on the server", device: "Running on this device",
     both: "Running on the server and on this device",
@@ -321,11 +341,11 @@ async function step() {
   panel.dataset.deviceFrames = String(counts.device);
   if (found) {
     overlay = found.noHand ? null : { hand: found.hand, cropBox: null, scale: found.scale };
-    drawPreview(null);
+    drawHandPreview(overlay && overlay.hand);
   } else if (local) {
     overlay = { hand: local.hand || null, cropBox: local.cropBox || null, scale: local.scale || 1 };
-    if (overlay.hand) panel.dataset.handBox = overlay.hand.box.map((v) => (v * overlay.scale).toFixed(1)).join(",");
-    drawPreview(local.pixels);
+    if (contract.kind === "hand_features") drawHandPreview(overlay.hand);
+    else drawPreview(local.pixels);
   } else if (contract.kind === "image" && contract.crop !== "hand") {
     overlay = null; // the whole frame is the model's input: shown as the model receives it
     drawPreview(hp.toModelPixels(hp.draft(pixelsOf(), [contract.width, contract.height]), contract));
@@ -333,16 +353,22 @@ async function step() {
     overlay = null;
     drawPreview(null);
   }
+  // The hand found here, in the picture's pixels (the tests read it; the server's is not drawn).
+  if (overlay && overlay.hand) panel.dataset.handBox = overlay.hand.box.map((v) => (v * overlay.scale).toFixed(1)).join(",");
   if (mode === "both") showAgreement(model, server, local);
   showResult(model, server || local, started);
 }
 
-async function loop() {
-  while (running) {
+// Each start runs a loop of its own: one left over from a Stop that came while its frame ran
+// ends when it wakes (so a quick Stop and Start never runs two frames at a time).
+let generation = 0;
+
+async function loop(mine) {
+  while (running && mine === generation) {
     const t0 = performance.now();
     let outcome;
     try {
-      outcome = await step();
+      outcome = await step(mine);
     } catch (err) {
       say("Frame failed: " + err.message, "error");
       outcome = "backoff";
@@ -375,11 +401,13 @@ async function start() {
   await video.play().catch(() => {});
   await loadModels().catch(() => {});
   running = true;
+  generation += 1;
+  delete panel.dataset.handBox;
   panel.dataset.state = "running";
   $("camera-start").disabled = true;
   $("camera-stop").disabled = false;
   requestAnimationFrame(paint);
-  loop();
+  loop(generation);
 }
 
 function stop() {

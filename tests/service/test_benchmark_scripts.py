@@ -105,3 +105,4 @@ def test_demo_camera_reads_the_fake_camera_in_every_mode(bench_models: Path) -> 
         assert int(rows[mode][4]) > 0, rows  # frames read
     agreed, both = rows["both"][6].split(" ")[0].split("/")
     assert int(both) > 0 and int(agreed) <= int(both), rows["both"]
+    assert "landmarks" not in rows  # only a hand-feature model reads landmarks

@@ -6,28 +6,37 @@ test makes the file from pictures, each held for a second, so the page sees a "s
 sequence. What the page must spell is what the server answers for each picture (asked over
 ``/predict`` first), so the assertion holds for any model, trained well or not.
 
-Two sets of pictures:
+Three sets of pictures:
 
 - always: digits on black, read by the tiny digits model on the whole frame (as ``make run``'s
   model reads a camera), with a blank-free sequence whose consecutive answers differ;
 - where MediaPipe's hand models are fetched and ``../shared/data/asl_photos`` is present: real
   hand photos, with empty frames between them (no hand: the letter is released), read by a
   version whose contract crops the hand, so the browser's hand models, crop and classifier
-  (device mode) are compared with the server's on the same frames.
+  (device mode) are compared with the server's on the same frames;
+- there too: a photo of each letter of :data:`WORD`, with empty frames between, read by a
+  hand-feature (landmark) head as the README's sign-language command makes one (trained here on
+  those letters' photos only), in server, device, landmarks and both modes in one page.
 
 Each mode's screenshot is saved in the test's tmp folder; ``HANDSERVE_DEMO_SCREENSHOT=PATH``
-also writes the digits one of both modes there, the README's (docs/images/demo-camera.png; the
-hand-photo ones show people from ../shared and stay out of the repository).
+also writes the digits one of both modes there (docs/images/demo-camera.png). The README's
+(docs/images/demo-camera-asl.png, the real landmark model on hand-only photos) is made by
+``benchmarks/demo_camera.py --screenshot``; the test's hand-photo ones show people's faces from
+../shared and stay out of the repository.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -35,6 +44,7 @@ import requests
 from PIL import Image, ImageDraw
 
 from handserve import artifacts, hands
+from handserve.hand_pipeline import LANDMARK_TENSORS
 from service.fake_camera import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -48,6 +58,8 @@ from service.fake_camera import (
 from service.local_server import wait_ready
 from tests.conftest import shared_dir
 from tests.service.helpers import copy_version, running_server
+
+from ..export.test_hand_export import _train_and_export
 
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
@@ -74,6 +86,8 @@ HAND_PHOTOS = [
         "ABCLVYWIK", ["kennethowen", "davidlee", "carbonara", "mtritran"] * 3, strict=False
     )
 ]
+#: The word the landmark model's video spells: a photo of each letter from asl_photos.
+WORD = "CLAW"
 TIMEOUT_MS = 120_000  # the page's first frames on a 2-core machine shared with others are slow
 
 
@@ -146,9 +160,44 @@ def _sequence(
 
 # -------------------------------------------------------------------------------- servers
 @pytest.fixture(scope="module")
-def camera_models(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def landmark_head(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A hand-feature (landmark) head as the README's sign-language command makes one
+    (``configs/asl_photos.yaml``, ``training.hand_export``), trained on a few real photos of
+    :data:`WORD`'s letters only (asl_photos and some of asl_signers' massey signers: about 80
+    photos, seconds), so that what the page spells is a word; None where ../shared's photos or
+    MediaPipe's hand models are absent."""
+    data = shared_dir() / "data"
+    photos, signers = data / "asl_photos", data / "asl_signers" / "massey"
+    if not (hands.models_available() and photos.is_dir() and signers.is_dir()):
+        return None
+    tmp = tmp_path_factory.mktemp("landmark_head")
+    for root, source, pick in (
+        (tmp / "photos", photos, slice(None)),
+        (tmp / "signers" / "massey", signers, slice(None, None, 6)),
+    ):
+        for letter in sorted(set(WORD)):
+            for photo in sorted((source / letter).glob("*.jpg"))[pick]:
+                link = root / letter / photo.name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(photo)
+    from training.data import hands as hand_records
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hand_records, "CACHE_DIR", tmp / "cache")  # not the checkout's .cache
+        code, _, version = _train_and_export(
+            (tmp / "signers", tmp / "photos"), tmp, "--epochs", "30"
+        )
+    assert code == 0
+    return version
+
+
+@pytest.fixture(scope="module")
+def camera_models(
+    tiny_export: Path, landmark_head: Path | None, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """``digits`` (the tiny export) and, where the hand models are fetched, ``handcrop``: the
-    same files under a contract that crops the hand first."""
+    same files under a contract that crops the hand first; where ../shared is there too,
+    ``letters``: :func:`landmark_head`."""
     models = tmp_path_factory.mktemp("camera") / "models"
     copy_version(tiny_export, models, "digits", 1)
     if hands.models_available():
@@ -156,6 +205,8 @@ def camera_models(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory) -
         data = artifacts.read_manifest(dst).to_dict()
         data["input"]["crop"] = "hand"
         artifacts.write_manifest(dst, artifacts.Manifest.from_dict(data))
+    if landmark_head is not None:
+        copy_version(landmark_head, models, "letters", 1)
     return models
 
 
@@ -200,27 +251,67 @@ def hand_video(camera_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     return {"path": path, "labels": [lab for _, lab in seq], "model": "handcrop"}
 
 
+@pytest.fixture(scope="module")
+def landmark_video(
+    camera_server: str,
+    landmark_head: Path | None,
+    shared_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
+    """:data:`WORD` fingerspelled: for each letter the asl_photos photo the served ``letters``
+    model reads as that letter most surely (or, where it reads none so, its most decided
+    photo), held a second, with empty frames between; ``labels``: what the server answers."""
+    if landmark_head is None:
+        pytest.skip("MediaPipe's hand models are not fetched (scripts/fetch-hand-models.sh)")
+    seq = []
+    for letter in WORD:
+        read = []
+        for photo in sorted((shared_data / "asl_photos" / letter).glob("*.jpg")):
+            img = on_frame(Image.open(photo))
+            answer = _label(camera_server, "letters", img)
+            if answer is not None:
+                read.append((answer[0] == letter, answer[1], img, answer[0]))
+        assert read, f"no photo of {letter} gives a hand the server reads the same as PNG and JPEG"
+        _, _, img, label = max(read, key=lambda r: (r[0], r[1]))
+        seq.append((img, label))
+    frames = held([img for img, _ in seq], HOLD_FRAMES, GAP_FRAMES)
+    path = write_y4m(frames, tmp_path_factory.mktemp("video") / "letters.y4m")
+    return {"path": path, "labels": [label for _, label in seq]}
+
+
 def _browser(pw: Any, video: Path | None) -> Any:
     args = [*CHROMIUM_ARGS, *(camera_args(video) if video is not None else [])]
     return pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
 
 
-def _open(browser: Any, url: str, model: str) -> tuple[Any, list[str]]:
-    page = browser.new_page(viewport={"width": 1100, "height": 1300})
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{url}/demo/")
-    page.wait_for_selector("#model-select[data-loaded='true']")
-    page.wait_for_selector("#camera-panel[data-ready='true']")
-    page.select_option("#model-select", model)
-    page.fill("#camera-hold", "400")
-    page.fill("#camera-min-confidence", "0")
-    return page, errors
+@contextlib.contextmanager
+def _demo_page(url: str, video: Path | None = None, model: str | None = None) -> Iterator[Any]:
+    """``/demo/`` in one headless Chromium whose camera plays ``video`` (none: no camera),
+    loaded, with ``model`` picked and the camera's hold and confidence floor lowered for the
+    test; an error thrown on the page fails the test."""
+    with sync_api.sync_playwright() as pw:
+        browser = _browser(pw, video)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 1300})
+            page.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{url}/demo/")
+            if model is not None:
+                page.wait_for_selector("#model-select[data-loaded='true']")
+                page.wait_for_selector("#camera-panel[data-ready='true']")
+                page.select_option("#model-select", model)
+                page.fill("#camera-hold", "400")
+                page.fill("#camera-min-confidence", "0")
+            yield page
+            assert not errors, errors
+        finally:
+            browser.close()
 
 
 def _spell(page: Any, mode: str, labels: list[str], min_both: int = 0) -> str:
     """Start the camera in ``mode`` and wait for a full round of the sequence to be spelled."""
+    page.click("#camera-clear-text")
     page.select_option("#camera-mode", mode)
     page.click("#camera-start")
     page.wait_for_selector("#camera-panel[data-state='running']")
@@ -233,13 +324,24 @@ def _spell(page: Any, mode: str, labels: list[str], min_both: int = 0) -> str:
     return str(page.get_attribute("#camera-text", "data-text"))
 
 
-def _check_spelled(text: str, labels: list[str]) -> None:
+def _spells(
+    page: Any,
+    mode: str,
+    labels: list[str],
+    shot: Path,
+    min_both: int = 0,
+    readme: bool = False,
+    shown: str | None = None,
+) -> str:
+    """Run the camera in ``mode`` until a round of ``labels`` is spelled, check what the page
+    spelled and shows (the letter, its latency and rate, no error; in ``both`` mode the
+    agreement over at least ``min_both`` frames, 90% or more), save a screenshot of the card at
+    ``shot`` once a picture is read (and, given ``shown``, the model's input is shown as that)
+    and stop the camera. Returns the text spelled."""
+    text = _spell(page, mode, labels, min_both)
     cycle = "".join(labels) * 6
     assert len(text) >= len(labels) + 1
-    assert text in cycle, f"spelled {text!r}; the pictures read {labels} in a loop"
-
-
-def _check_shown(page: Any, mode: str, labels: list[str]) -> None:
+    assert text in cycle, f"{mode}: spelled {text!r}; the pictures read {labels} in a loop"
     assert page.get_attribute("#camera-running", "data-mode") == mode
     assert page.get_attribute("#camera-letter", "data-label") in set(labels) | {""}
     latency = page.get_attribute("#camera-latency", "data-ms")
@@ -247,14 +349,39 @@ def _check_shown(page: Any, mode: str, labels: list[str]) -> None:
     assert float(page.get_attribute("#camera-rate", "data-fps") or 0) > 0
     assert page.locator("#camera-message[data-kind='device']").count() == 0
     assert page.locator("#camera-message[data-kind='server']").count() == 0
-
-
-def _screenshot(page: Any, path: Path, readme: bool = False) -> None:
-    page.locator("#camera-panel").screenshot(path=str(path))
-    assert path.stat().st_size > 10_000
+    if mode == "both":
+        both = int(page.get_attribute("#camera-agreement", "data-both") or 0)
+        agree = int(page.get_attribute("#camera-agreement", "data-agree") or 0)
+        assert agree / both >= 0.9, f"server and device agreed on {agree} of {both} frames"
+        assert "agree on" in page.inner_text("#camera-agreement")
+    page.click("#camera-heading")  # the focus off the buttons, for the picture
+    page.wait_for_function(
+        "document.getElementById('camera-letter').dataset.label !== ''"
+        + (
+            f" && document.getElementById('camera-input').dataset.shown === {shown!r}"
+            if shown
+            else ""
+        )
+    )
+    page.locator("#camera-panel").screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
     wanted = os.environ.get("HANDSERVE_DEMO_SCREENSHOT")
     if wanted and readme:
-        shutil.copyfile(path, wanted)
+        shutil.copyfile(shot, wanted)
+    page.click("#camera-stop")
+    assert page.get_attribute("#camera-panel", "data-state") == "off"
+    return text
+
+
+def _drawn_hand_box(page: Any) -> list[float]:
+    """The box of the hand the browser found, as drawn over the picture; checked to lie in it."""
+    box = [
+        float(v)
+        for v in (page.get_attribute("#camera-panel", "data-hand-box") or "").split(",")
+        if v
+    ]
+    assert len(box) == 4 and 0 <= box[0] < box[2] <= WIDTH and 0 <= box[1] < box[3] <= HEIGHT
+    return box
 
 
 # ---------------------------------------------------------------------------------- tests
@@ -263,56 +390,30 @@ def test_digits_held_to_the_camera_are_spelled(
     camera_server: str, digit_video: dict[str, Any], mode: str, tmp_path: Path
 ) -> None:
     labels = digit_video["labels"]
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, digit_video["path"])
-        try:
-            page, errors = _open(browser, camera_server, "digits")
-            text = _spell(page, mode, labels)
-            _check_spelled(text, labels)
-            _check_shown(page, mode, labels)
-            # the model's input (the whole frame, 28x28) is shown as it receives it
-            assert page.get_attribute("#camera-input", "data-shown") == "28x28"
-            if mode == "device":
-                files = page.get_attribute("#camera-panel", "data-device-files") or ""
-                assert "model.tflite" in files.split()
-                assert int(page.get_attribute("#camera-panel", "data-server-frames") or 0) == 0
-            else:
-                assert int(page.get_attribute("#camera-panel", "data-device-frames") or 0) == 0
-            # the keys: a space, then backspace takes it away again
-            page.click("#camera-heading")
-            before = str(page.get_attribute("#camera-text", "data-text"))
-            _screenshot(page, tmp_path / f"camera-digits-{mode}.png")
-            page.click("#camera-stop")
-            assert page.get_attribute("#camera-panel", "data-state") == "off"
-            page.click("#camera-space")
-            assert page.get_attribute("#camera-text", "data-text") == before + " "
-            page.click("#camera-backspace")
-            assert page.get_attribute("#camera-text", "data-text") == before
-            assert not errors, errors
-        finally:
-            browser.close()
+    with _demo_page(camera_server, digit_video["path"], "digits") as page:
+        before = _spells(page, mode, labels, tmp_path / f"camera-digits-{mode}.png")
+        # the model's input (the whole frame, 28x28) is shown as it receives it
+        assert page.get_attribute("#camera-input", "data-shown") == "28x28"
+        if mode == "device":
+            files = page.get_attribute("#camera-panel", "data-device-files") or ""
+            assert "model.tflite" in files.split()
+            assert int(page.get_attribute("#camera-panel", "data-server-frames") or 0) == 0
+        else:
+            assert int(page.get_attribute("#camera-panel", "data-device-frames") or 0) == 0
+        # the keys: a space, then backspace takes it away again
+        page.click("#camera-space")
+        assert page.get_attribute("#camera-text", "data-text") == before + " "
+        page.click("#camera-backspace")
+        assert page.get_attribute("#camera-text", "data-text") == before
 
 
 @needs_vendor
 def test_device_and_server_agree_on_the_same_frames(
     camera_server: str, digit_video: dict[str, Any], tmp_path: Path
 ) -> None:
-    labels = digit_video["labels"]
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, digit_video["path"])
-        try:
-            page, errors = _open(browser, camera_server, "digits")
-            text = _spell(page, "both", labels, min_both=20)
-            _check_spelled(text, labels)
-            both = int(page.get_attribute("#camera-agreement", "data-both") or 0)
-            agree = int(page.get_attribute("#camera-agreement", "data-agree") or 0)
-            assert agree / both >= 0.9, f"server and device agreed on {agree} of {both} frames"
-            assert "agree on" in page.inner_text("#camera-agreement")
-            _screenshot(page, tmp_path / "camera-digits-both.png", readme=True)
-            page.click("#camera-stop")
-            assert not errors, errors
-        finally:
-            browser.close()
+    with _demo_page(camera_server, digit_video["path"], "digits") as page:
+        shot = tmp_path / "camera-digits-both.png"
+        _spells(page, "both", digit_video["labels"], shot, min_both=20, readme=True)
 
 
 @needs_vendor
@@ -320,54 +421,61 @@ def test_device_and_server_agree_on_the_same_frames(
 def test_real_hands_are_found_cropped_and_read_alike(
     camera_server: str, hand_video: dict[str, Any], mode: str, tmp_path: Path
 ) -> None:
-    labels = hand_video["labels"]
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, hand_video["path"])
-        try:
-            page, errors = _open(browser, camera_server, "handcrop")
-            text = _spell(page, mode, labels, min_both=10 if mode == "both" else 0)
-            _check_spelled(text, labels)
-            _check_shown(page, mode, labels)
-            if mode == "both":
-                # the hand the browser found is drawn: its box lies inside the picture
-                box = [
-                    float(v)
-                    for v in (page.get_attribute("#camera-panel", "data-hand-box") or "").split(",")
-                    if v
-                ]
-                assert (
-                    len(box) == 4
-                    and 0 <= box[0] < box[2] <= WIDTH
-                    and 0 <= box[1] < box[3] <= HEIGHT
-                )
+    with _demo_page(camera_server, hand_video["path"], "handcrop") as page:
+        shot = tmp_path / f"camera-hands-{mode}.png"
+        _spells(page, mode, hand_video["labels"], shot, min_both=10 if mode == "both" else 0)
+        if mode == "both":
+            _drawn_hand_box(page)  # the hand the browser found is drawn inside the picture
+            files = (page.get_attribute("#camera-panel", "data-device-files") or "").split()
+            assert set(hands.MODEL_SHA256) <= set(files)
+
+
+@needs_vendor
+def test_a_landmark_model_spells_a_word_in_every_mode(
+    camera_server: str, landmark_video: dict[str, Any], tmp_path: Path
+) -> None:
+    """The model of the README's sign-language command (a hand-feature head; here a small one,
+    :func:`landmark_head`) in one page, mode after mode: the server finds the hand in each JPEG
+    (``server``); the browser finds it and runs the head itself, sending nothing (``device``);
+    the browser finds it and sends only the four landmark tensors to the Open Inference Protocol
+    (``landmarks``); and both of the first two on each frame, agreeing (``both``)."""
+    labels = landmark_video["labels"]
+    posted: list[Any] = []
+    infer = "/v2/models/letters/versions/1/infer"
+    with _demo_page(camera_server, landmark_video["path"], "letters") as page:
+        page.on("request", lambda req: posted.append(req) if req.method == "POST" else None)
+        for mode in ("server", "device", "landmarks", "both"):
+            posted.clear()
+            shot = tmp_path / f"camera-letters-{mode}.png"
+            # a hand-feature head receives the hand's landmarks: drawn where the page found them
+            shown = None if mode == "server" else "landmarks"
+            _spells(page, mode, labels, shot, min_both=10 if mode == "both" else 0, shown=shown)
+            sent = Counter(urlparse(req.url).path for req in posted)
+            assert set(sent) <= {"/predict", infer}, sent
+            assert (sent["/predict"] > 0) == (mode in ("server", "both")), (mode, sent)
+            assert (sent[infer] > 0) == (mode == "landmarks"), (mode, sent)
+            if mode != "server":
+                _drawn_hand_box(page)
+            if mode == "landmarks":
+                body = json.loads(next(r for r in posted if r.url.endswith(infer)).post_data)
+                shapes = {t["name"]: tuple(t["shape"]) for t in body["inputs"]}
+                assert shapes == LANDMARK_TENSORS  # the hand, no picture
+            if mode == "device":
                 files = (page.get_attribute("#camera-panel", "data-device-files") or "").split()
-                assert set(hands.MODEL_SHA256) <= set(files)
-                both = int(page.get_attribute("#camera-agreement", "data-both") or 0)
-                agree = int(page.get_attribute("#camera-agreement", "data-agree") or 0)
-                assert agree / both >= 0.9, f"server and device agreed on {agree} of {both}"
-            _screenshot(page, tmp_path / f"camera-hands-{mode}.png")
-            page.click("#camera-stop")
-            assert not errors, errors
-        finally:
-            browser.close()
+                assert {"model.tflite", *hands.MODEL_SHA256} <= set(files)
 
 
 def test_no_camera_says_so(camera_server: str) -> None:
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, None)  # no fake device: headless Chromium has no camera
-        try:
-            page, errors = _open(browser, camera_server, "digits")
-            page.click("#camera-start")
-            page.wait_for_selector("#camera-panel[data-state='error']")
-            message = page.locator("#camera-message")
-            assert message.is_visible()
-            kind = message.get_attribute("data-kind")
-            assert kind in {"no_camera", "no_permission"}
-            assert ("No camera" in message.inner_text()) == (kind == "no_camera")
-            assert page.get_attribute("#camera-running", "data-mode") in (None, "")
-            assert not errors, errors
-        finally:
-            browser.close()
+    # no fake device: headless Chromium has no camera
+    with _demo_page(camera_server, None, "digits") as page:
+        page.click("#camera-start")
+        page.wait_for_selector("#camera-panel[data-state='error']")
+        message = page.locator("#camera-message")
+        assert message.is_visible()
+        kind = message.get_attribute("data-kind")
+        assert kind in {"no_camera", "no_permission"}
+        assert ("No camera" in message.inner_text()) == (kind == "no_camera")
+        assert page.get_attribute("#camera-running", "data-mode") in (None, "")
 
 
 def test_the_page_resizes_as_pillow_does(camera_server: str) -> None:
@@ -398,32 +506,26 @@ def test_the_page_resizes_as_pillow_does(camera_server: str) -> None:
             )
         ),
     }
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, None)
-        try:
-            page = browser.new_page()
-            page.goto(f"{camera_server}/demo/")
-            got = page.evaluate(
-                """async ([pixels, w, h, region]) => {
-                    const hp = await import('./handpipe.js');
-                    const img = {data: Uint8Array.from(pixels), width: w, height: h, channels: 3};
-                    const m = hp.regionAffine(region);
-                    return {
-                      gray28: Array.from(hp.resize(hp.toGray(img), 28, 28).data),
-                      rgb96: Array.from(hp.resize(img, 96, 96).data),
-                      palm: Array.from(hp.resampleBilinear(img, 192, 144).data),
-                      region: Array.from(hp.regionInput(img, m), (v) => Math.round(v * 255)),
-                    };
-                }""",
-                [
-                    arr.reshape(-1).tolist(),
-                    WIDTH,
-                    HEIGHT,
-                    {"cx": cx, "cy": cy, "side": side, "angle": angle},
-                ],
-            )
-        finally:
-            browser.close()
+    with _demo_page(camera_server) as page:
+        got = page.evaluate(
+            """async ([pixels, w, h, region]) => {
+                const hp = await import('./handpipe.js');
+                const img = {data: Uint8Array.from(pixels), width: w, height: h, channels: 3};
+                const m = hp.regionAffine(region);
+                return {
+                  gray28: Array.from(hp.resize(hp.toGray(img), 28, 28).data),
+                  rgb96: Array.from(hp.resize(img, 96, 96).data),
+                  palm: Array.from(hp.resampleBilinear(img, 192, 144).data),
+                  region: Array.from(hp.regionInput(img, m), (v) => Math.round(v * 255)),
+                };
+            }""",
+            [
+                arr.reshape(-1).tolist(),
+                WIDTH,
+                HEIGHT,
+                {"cx": cx, "cy": cy, "side": side, "angle": angle},
+            ],
+        )
     for name, expected in want.items():
         np.testing.assert_array_equal(
             np.asarray(got[name], dtype=np.uint8), expected.reshape(-1), err_msg=name
@@ -496,26 +598,20 @@ def test_the_page_makes_hand_features_as_the_server_does(camera_server: str) -> 
                 },
             }
         )
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, None)
-        try:
-            page = browser.new_page()
-            page.goto(f"{camera_server}/demo/")
-            got = page.evaluate(
-                """async ([cases, w, h]) => {
-                    const hp = await import('./handpipe.js');
-                    return cases.map((c) => {
-                      const hand = {imageLandmarks: c.image, worldLandmarks: c.world,
-                                    handedness: c.handedness, imageSize: [w, h]};
-                      const e = hp.embedderInputs(hand);
-                      return {landmarks: Array.from(hp.landmarkFeatures(hand)),
-                              hand: Array.from(e.hand), world_hand: Array.from(e.world_hand)};
-                    });
-                }""",
-                [cases, WIDTH, HEIGHT],
-            )
-        finally:
-            browser.close()
+    with _demo_page(camera_server) as page:
+        got = page.evaluate(
+            """async ([cases, w, h]) => {
+                const hp = await import('./handpipe.js');
+                return cases.map((c) => {
+                  const hand = {imageLandmarks: c.image, worldLandmarks: c.world,
+                                handedness: c.handedness, imageSize: [w, h]};
+                  const e = hp.embedderInputs(hand);
+                  return {landmarks: Array.from(hp.landmarkFeatures(hand)),
+                          hand: Array.from(e.hand), world_hand: Array.from(e.world_hand)};
+                });
+            }""",
+            [cases, WIDTH, HEIGHT],
+        )
     for case, answer in zip(cases, got, strict=True):
         for name, want in case["want"].items():
             np.testing.assert_allclose(answer[name], want, atol=1e-5, err_msg=name)
@@ -534,27 +630,20 @@ def test_the_browser_finds_the_hands_the_server_finds(camera_server: str) -> Non
     want = [hands.detector().hands(img) for img in images]
     listing = requests.get(f"{camera_server}/models", timeout=30).json()["models"]
     model = next(m for m in listing if m["name"] == "handcrop")
-    with sync_api.sync_playwright() as pw:
-        browser = _browser(pw, None)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(f"{camera_server}/demo/")
-            got = page.evaluate(
-                """async ([model, frames, w, h]) => {
-                    const { DeviceRunner } = await import('./device.js');
-                    const runner = await DeviceRunner.create('/', model);
-                    const out = [];
-                    for (const pixels of frames) {
-                      const img = {data: Uint8Array.from(pixels), width: w, height: h, channels: 3};
-                      out.push((await runner.hands(img)).map((hand) => hand.landmarks));
-                    }
-                    return out;
-                }""",
-                [model, [np.asarray(img).reshape(-1).tolist() for img in images], WIDTH, HEIGHT],
-            )
-        finally:
-            browser.close()
+    with _demo_page(camera_server) as page:
+        got = page.evaluate(
+            """async ([model, frames, w, h]) => {
+                const { DeviceRunner } = await import('./device.js');
+                const runner = await DeviceRunner.create('/', model);
+                const out = [];
+                for (const pixels of frames) {
+                  const img = {data: Uint8Array.from(pixels), width: w, height: h, channels: 3};
+                  out.push((await runner.hands(img)).map((hand) => hand.landmarks));
+                }
+                return out;
+            }""",
+            [model, [np.asarray(img).reshape(-1).tolist() for img in images], WIDTH, HEIGHT],
+        )
     found = 0
     for server_hands, browser_hands in zip(want, got, strict=True):
         assert len(browser_hands) == len(server_hands)
