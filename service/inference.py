@@ -173,6 +173,12 @@ def record_batch(
         series.predicted(names[int(index)])
 
 
+#: Turns of the event loop a joined call waits for more requests, while each turn brings one:
+#: requests read in one turn reach the engine one or two turns apart (BentoML's timeout
+#: middleware runs each in a task of its own), so the call waits while they keep coming.
+JOIN_TURNS = 3
+
+
 @dataclass
 class _Waiting:
     """One decoded image waiting, on the event loop, for the joined call of its model."""
@@ -194,10 +200,11 @@ class ParallelEngine:
     Requests queue in a worker while it runs a model call on its loop: at 8 clients and more
     several arrive together. For a model whose batches cost less per image (measured at
     warm-up, ``LoadedModel.joins``: MobileNetV2 at 160 px, 1.2x images per CPU-second at
-    batch 2-8), the single images that reach the engine in the same turn of the event loop go
+    batch 2-8), the single images that reach the engine within a few turns of the event loop go
     through one call (of at most :data:`~service.registry.MAX_JOINED`), as Triton's dynamic
-    batcher does with no added delay: nothing waits for a batch to fill; a request alone runs
-    as before, one turn of the loop later. A model whose batches gain nothing (the digits CNN,
+    batcher does with no added delay: the call waits only while each turn brings another
+    request (at most :data:`JOIN_TURNS`), never for a timer; a request alone runs as before,
+    two turns of the loop later (microseconds). A model whose batches gain nothing (the digits CNN,
     and most small models: the call is cheaper than its Python around it) is never joined.
     """
 
@@ -293,8 +300,8 @@ class ParallelEngine:
         return np.concatenate(results)
 
     async def _joined(self, model: LoadedModel, blobs: list[bytes], enqueued: float) -> np.ndarray:
-        """Decode one image here, then wait for the next joined call of its model (made once
-        every request of this turn of the loop has had its turn to join)."""
+        """Decode one image here, then wait for the next joined call of its model (made once a
+        turn of the loop has passed with no request joining, or after JOIN_TURNS)."""
         x = decode_all(blobs, model, self.max_pixels, self.metrics, inline=self.inline)
         deadline.check()
         loop = asyncio.get_running_loop()
@@ -302,25 +309,30 @@ class ParallelEngine:
         entry = self._waiting.get(key)
         if entry is None:
             entry = self._waiting[key] = (model, [])
-            loop.call_soon(self._run_joined, key)
+            loop.call_soon(self._run_joined, key, 0, 0)
         answer: asyncio.Future[np.ndarray] = loop.create_future()
         entry[1].append(_Waiting(x[0], enqueued, answer))
         return await answer
 
-    def _run_joined(self, key: tuple[str, int]) -> None:
+    def _run_joined(self, key: tuple[str, int], turn: int, seen: int) -> None:
         """One call for the images waiting (at most MAX_JOINED; the rest get the next turn).
 
         A request that is no longer waiting (answered 504 at its deadline, or its client left:
         its task was cancelled) is left out. Calls are of 8, 4, 2 or 1 images, the sizes the
         runtime keeps interpreters for (3 images run as 2 + 1, not padded to 4).
         """
-        model, waiting = self._waiting.pop(key)
+        model, waiting = self._waiting[key]
+        if seen < len(waiting) < MAX_JOINED and turn < JOIN_TURNS:
+            # others joined since the last turn: more are on their way through the stack
+            asyncio.get_running_loop().call_soon(self._run_joined, key, turn + 1, len(waiting))
+            return
+        del self._waiting[key]
         waiting = [w for w in waiting if not w.answer.done()]
         if len(waiting) > MAX_JOINED:
             rest = waiting[MAX_JOINED:]
             waiting = waiting[:MAX_JOINED]
             self._waiting[key] = (model, rest)
-            asyncio.get_running_loop().call_soon(self._run_joined, key)
+            asyncio.get_running_loop().call_soon(self._run_joined, key, JOIN_TURNS, 0)
         while waiting:
             size = 1 << (len(waiting).bit_length() - 1)  # the largest power of two that fits
             part, waiting = waiting[:size], waiting[size:]

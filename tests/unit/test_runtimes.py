@@ -132,6 +132,31 @@ def test_batch_sizes_are_padded_to_few_interpreters(tflite: dict[str, Path]) -> 
     assert sorted(slot._by_size) == [1, 2, 4]  # built once per size (1: the probe), then kept
 
 
+def test_calls_one_after_another_reuse_the_interpreter_just_used(
+    tflite: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool hands out the most recently used interpreter: on a worker's event loop every
+    call runs on one interpreter whose memory is in the CPU's caches (alternating two cost
+    MobileNetV2 up to 8% more CPU per request under load); the others serve calls that
+    overlap (threads)."""
+    used: list[int] = []
+    run = runtimes._Interpreters.run
+
+    def recorded(self: Any, x: np.ndarray) -> np.ndarray:
+        used.append(id(self))
+        return run(self, x)
+
+    monkeypatch.setattr(runtimes._Interpreters, "run", recorded)
+    runtime = runtimes.LiteRTRuntime(tflite["fp32"], instances=3)
+    for _ in range(5):
+        runtime.predict(images(1))
+    assert len(set(used)) == 1
+    held = runtime._pool.get()  # another call is running on that one: the next takes another
+    runtime.predict(images(1))
+    runtime._pool.put(held)
+    assert len(set(used)) == 2
+
+
 def test_int8_input_is_quantized_with_the_files_scale_and_zero_point(
     tflite: dict[str, Path],
 ) -> None:
