@@ -138,13 +138,17 @@ def test_single_images_waiting_together_share_one_model_call_where_it_pays(
         together += list(await asyncio.gather(*(plane.classify(model, [b]) for b in blobs)))
         model.batch_cost = 1.0  # batches gain nothing: never joined
         await asyncio.gather(*(plane.classify(model, [b]) for b in blobs[:3]))
+        model.batch_cost = 0.5  # a slow model: the loop's budget holds two of its calls
+        model.call_seconds = plane.engine.inline.seconds / 2  # type: ignore[union-attr]
+        await asyncio.gather(*(plane.classify(model, [b]) for b in blobs[:5]))
         await plane.stop()
         return alone, together, measured
 
     alone, together, measured = asyncio.run(run())
     assert measured != 1.0  # measured at warm-up (LiteRT, join_requests on)
-    # 5 as 4 + 1; 2 of 3 (one cancelled); MAX_JOINED + 2 as MAX_JOINED, then 2; then alone
-    assert calls == [4, 1, 2, MAX_JOINED, 2, 1, 1, 1]
+    # 5 as 4 + 1; 2 of 3 (one cancelled); MAX_JOINED + 2 as MAX_JOINED, then 2; then alone;
+    # then 5 of a slow model, two at a time
+    assert calls == [4, 1, 2, MAX_JOINED, 2, 1, 1, 1, 2, 2, 1]
     want = [*alone[:5], alone[0], alone[2], *alone]
     np.testing.assert_allclose(np.concatenate(together), np.stack(want), atol=1e-6)
     assert plane.admission.inflight == 0
