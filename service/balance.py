@@ -53,6 +53,7 @@ COOLDOWN_S = 0.3  # between two shedding decisions of one worker: the peers publ
 STALE_S = 1.0  # a slot older than this is a worker stopped, restarting or gone: ignored
 BUSY = 0.5  # share of a core from which a worker sheds: idle keep-alive clients stay put
 MIN_GAP = 2  # connections more than the peer: with a gap of one, a move only swaps sides
+IDLE = 0.2  # share of a core under which a worker leaves its core to a peer's model call
 
 
 class LoadBoard:
@@ -172,6 +173,12 @@ class ConnectionBalancer:
                 mine,
                 100 * self.cpu_share,
             )
+
+    def peers_idle(self) -> bool:
+        """Every other worker published within the last second, at under :data:`IDLE` of a
+        core: their cores are free for this worker's next model call (service.inference)."""
+        peers = self.board.peers(self.clock())
+        return len(peers) == self.board.workers - 1 and all(share < IDLE for share, _ in peers)
 
     async def run(self, tick_s: float = TICK_S) -> None:
         """Tick until cancelled (the worker's lifetime)."""

@@ -53,6 +53,9 @@ class DataPlane:
         #: the request timeout when the service restarts a worker of a server already serving.
         self.hold_while_loading_s = 0.0
         self._opened: asyncio.Event | None = None  # set once open; made on the event loop
+        #: Whether the machine's other cores idle now; the service sets it where it knows
+        #: (its workers' published load). LiteRT then runs single images on every core.
+        self.spare_cores: Callable[[], bool] = lambda: False
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
@@ -91,7 +94,9 @@ class DataPlane:
                 self.metrics,
                 retire_after_s=self.cfg.timeout_s,
             )
-        return ParallelEngine(self.cfg.max_pixels, self.metrics)
+        return ParallelEngine(
+            self.cfg.max_pixels, self.metrics, spare_cores=lambda: self.spare_cores()
+        )
 
     def mark_ready(self) -> None:
         """Open the plane to requests (the service calls it once its own start-up is done)."""

@@ -35,7 +35,13 @@ from handserve import artifacts, hands
 from handserve.artifacts import ArtifactError, Manifest
 from handserve.hand_pipeline import LANDMARK_TENSORS, HandPipeline
 from handserve.images import ImageSpec
-from handserve.runtimes import LiteRTRuntime, Runtime, choose_runtime_name, open_runtime
+from handserve.runtimes import (
+    LiteRTRuntime,
+    Runtime,
+    available_cpus,
+    choose_runtime_name,
+    open_runtime,
+)
 from service.config import ServiceConfig
 from service.errors import ApiError
 
@@ -326,6 +332,9 @@ class ModelRegistry:
             model.batch_cost = self._batch_cost(model, one)
             if model.batch_cost < JOIN_BELOW:  # joined calls will be of 2, 4 and 8 images
                 sizes = sorted({*sizes, 2, 4, min(8, MAX_JOINED)})
+        if isinstance(model.runtime, LiteRTRuntime) and self.cfg.spare_cores:
+            for _ in range(3):  # builds the interpreter with a thread per core
+                model.runtime.predict_wide(one, available_cpus())
         for _ in range(self.cfg.warmup_batches * copies):
             for n in sizes:
                 out = model.runtime.predict(np.zeros((n, *shape), np.uint8))

@@ -164,6 +164,8 @@ class HandServe:
         self.balancer = balance.start(workers.server_dir(), WORKERS, index - 1, self.metrics)
         if self.balancer is not None:
             app.state.balancer = self.balancer
+            if self.cfg.spare_cores:  # the peers' published load says when their cores idle
+                self.plane.spare_cores = self.balancer.peers_idle
             self._balancing = asyncio.get_running_loop().create_task(self.balancer.run())
 
     async def _start_grpc(self) -> None:

@@ -155,3 +155,41 @@ def test_single_images_waiting_together_share_one_model_call_where_it_pays(
     off = plane_for(models_dir, join_requests=False)
     asyncio.run(off.load())
     assert off.models["tiny"].batch_cost == 1.0 and not off.models["tiny"].joins
+
+
+def test_a_single_image_runs_on_every_core_while_the_other_workers_idle(
+    models_dir: Path,
+) -> None:
+    """With the machine's other cores idle (the service reads its peers' published load), a
+    single image's call runs on the interpreter with a thread per core; a batch, or any call
+    while a peer works, on the worker's own single-threaded ones. The answers are the same."""
+    plane = plane_for(models_dir)
+    idle = [True]
+    plane.spare_cores = lambda: idle[0]
+    blobs = [digit_png(i) for i in range(3)]
+    wide: list[int] = []
+
+    async def run() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        await plane.load()
+        plane.mark_ready()
+        model = plane.resolve("tiny", 1)
+        model.batch_cost = 1.0  # not joined: one call per request
+        model.call_seconds = 0.001  # as a model that gains from a second thread
+        predict_wide = model.runtime.predict_wide  # type: ignore[union-attr]
+
+        def recorded(x: np.ndarray, threads: int) -> np.ndarray:
+            wide.append(len(x))
+            return predict_wide(x, threads)
+
+        model.runtime.predict_wide = recorded  # type: ignore[union-attr]
+        one = await plane.classify(model, blobs[:1])
+        three = await plane.classify(model, blobs)  # a batch: the worker's own interpreters
+        idle[0] = False
+        busy = await plane.classify(model, blobs[:1])  # a peer works: its core is not free
+        await plane.stop()
+        return one, three, busy
+
+    one, three, busy = asyncio.run(run())
+    assert wide == [1]
+    np.testing.assert_allclose(one, three[:1], atol=1e-6)
+    np.testing.assert_allclose(one, busy, atol=1e-6)

@@ -265,3 +265,20 @@ def test_middleware_leaves_a_connection_without_address_open(tmp_path: Path) -> 
 
     assert asyncio.run(_respond(middleware, None, [])) == []
     assert me.to_shed == 1
+
+
+def test_peers_are_idle_only_when_every_other_worker_says_so_recently(tmp_path: Path) -> None:
+    """A worker may run a single image on every core (service.inference) only while each of
+    its peers published, within the last second, that it uses under IDLE of a core."""
+    path, clocks = tmp_path / "load", Clocks()
+    me = worker(path, 0, clocks, workers=3)
+    assert not me.peers_idle()  # nobody published: unknown is not idle
+    for i in (1, 2):
+        LoadBoard(path, 3, i).publish(0.01, 0, clocks.wall)
+    assert me.peers_idle()
+    LoadBoard(path, 3, 2).publish(balance.IDLE + 0.05, 1, clocks.wall)
+    assert not me.peers_idle()  # one of them is working
+    LoadBoard(path, 3, 2).publish(0.0, 0, clocks.wall)
+    clocks.advance(balance.STALE_S + 0.1, busy=0.0)
+    LoadBoard(path, 3, 1).publish(0.0, 0, clocks.wall)
+    assert not me.peers_idle()  # worker 2 has not published for over a second

@@ -157,6 +157,23 @@ def test_calls_one_after_another_reuse_the_interpreter_just_used(
     assert len(set(used)) == 2
 
 
+def test_a_wide_call_answers_as_the_pool_and_never_waits_for_itself(
+    tflite: dict[str, Path],
+) -> None:
+    """``predict_wide`` runs on one interpreter with several threads, built once; a second
+    call while it runs (another thread) takes the pool instead of waiting."""
+    runtime = runtimes.LiteRTRuntime(tflite["fp32"])
+    x = images(1)
+    np.testing.assert_allclose(runtime.predict_wide(x, 2), runtime.predict(x), atol=1e-5)
+    built = runtime._wide
+    assert built is not None and runtime.predict_wide(x, 2) is not None and runtime._wide is built
+    with runtime._wide_lock:  # held by a call in another thread
+        np.testing.assert_allclose(runtime.predict_wide(x, 2), runtime.predict(x), atol=1e-5)
+    one_core = runtimes.LiteRTRuntime(tflite["fp32"])
+    one_core.predict_wide(x, 1)  # one thread: the pool, no second interpreter
+    assert one_core._wide is None
+
+
 def test_int8_input_is_quantized_with_the_files_scale_and_zero_point(
     tflite: dict[str, Path],
 ) -> None:
