@@ -171,8 +171,12 @@ class DataPlane:
                 f"max_request_pixels ({self.cfg.max_request_pixels:,}): send fewer or smaller "
                 "images",
             )
+        # Admission counts what will be decoded: an image over the per-image cap is refused
+        # from its header and costs nothing, so it must not be refused as "overloaded" (503)
+        # while another request is in flight, instead of too_many_pixels (413).
+        admitted = sum(n for n in each if n <= self.cfg.max_pixels)
         return await self._admitted(
-            len(images), pixels, functools.partial(engine.classify, model, images)
+            len(images), admitted, functools.partial(engine.classify, model, images)
         )
 
     async def classify_tensors(self, model: LoadedModel, pixels: np.ndarray) -> np.ndarray:

@@ -193,3 +193,41 @@ def test_a_single_image_runs_on_every_core_while_the_other_workers_idle(
     assert wide == [1]
     np.testing.assert_allclose(one, three[:1], atol=1e-6)
     np.testing.assert_allclose(one, busy, atol=1e-6)
+
+
+def test_an_image_over_the_pixel_cap_is_refused_as_such_while_others_are_in_flight(
+    models_dir: Path,
+) -> None:
+    """Its header says it is over ``max_pixels``: it is refused (413 too_many_pixels) without
+    being decoded, so admission does not count its pixels; counted, it was a 503
+    ``overloaded`` whenever another request was in flight (found by benchmarks/reliability.py
+    once requests waited together for a joined call)."""
+    import io
+
+    from PIL import Image
+
+    plane = plane_for(
+        models_dir,
+        max_pixels=1_000_000,
+        max_request_pixels=2_000_000,
+        max_inflight_pixels=2_000_000,
+    )
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, format="PNG")  # 4 MP, a few kB: over both caps
+
+    async def run() -> ApiError:
+        await plane.load()
+        plane.mark_ready()
+        model = plane.resolve("tiny", 1)
+        plane.admission.acquire(1, 784)  # another request's image in flight
+        try:
+            with pytest.raises(ApiError) as err:
+                await plane.classify(model, [buf.getvalue()])
+        finally:
+            plane.admission.release(1, 784)
+            await plane.stop()
+        return err.value
+
+    refused = asyncio.run(run())
+    assert (refused.code, refused.status) == ("too_many_pixels", 413)
+    assert plane.admission.inflight == 0 and plane.admission.inflight_pixels == 0
