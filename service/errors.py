@@ -51,6 +51,10 @@ STATUS: dict[str, int] = {
 }
 
 
+#: What a client is told of an unexpected error (the traceback goes to the server log).
+INTERNAL_MESSAGE = "internal error; see the server log"
+
+
 class ApiError(Exception):
     """A request the service refuses, with the code clients and metrics see."""
 
@@ -271,4 +275,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> Response:
         log.error("unexpected error in %s", request.url.path, exc_info=exc)
-        return _shaped(request, ApiError("internal", "internal error; see the server log"))
+        return _shaped(request, ApiError("internal", INTERNAL_MESSAGE))

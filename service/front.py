@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 
 from service import balance, deadline, image_api
-from service.errors import ApiError, JSONErrors, count_rejected
+from service.errors import INTERNAL_MESSAGE, ApiError, JSONErrors, count_rejected
 
 log = logging.getLogger("handserve.service")
 
@@ -124,6 +124,6 @@ class Front:
             return err.status, json_bytes(err.body()), err.headers
         except Exception as exc:
             log.error("unexpected error in %s", scope["path"], exc_info=exc)
-            internal = ApiError("internal", "internal error; see the server log")
+            internal = ApiError("internal", INTERNAL_MESSAGE)
             return internal.status, json_bytes(internal.body()), internal.headers
         return 200, json_bytes(answer), {}

@@ -33,7 +33,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from handserve.artifacts import Manifest
 from service import v2, v2_wire
-from service.errors import ApiError, count_rejected
+from service.errors import INTERNAL_MESSAGE, ApiError, count_rejected
 
 if TYPE_CHECKING:
     from service.dataplane import DataPlane
@@ -280,7 +280,7 @@ def _handler(
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("unexpected error in gRPC %s", method)
-            await context.abort(code, "internal error; see the server log")
+            await context.abort(code, INTERNAL_MESSAGE)
         finally:
             metrics.grpc_requests.labels(method=method, code=code.name).inc()
             metrics.grpc_seconds.labels(method=method).observe(time.perf_counter() - started)
